@@ -1,0 +1,214 @@
+"""``crackseg-edge``: segment images, score masks, check configs, and run the agent.
+
+User errors (a missing image, a corrupt model, a bad config) end with one line on stderr
+and exit status 2; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """Raised for problems the user can fix; printed as one line."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from edge_agent.detectors.errors import ModelError
+    from edge_agent.detectors.runtime import FrameError
+    from edge_agent.imageio import ImageReadError
+
+    errors: list[type[BaseException]] = [UserError, ModelError, FrameError, ImageReadError, FileNotFoundError]
+    try:
+        from edge_agent.config.loader import ConfigError
+
+        errors.append(ConfigError)
+    except ImportError:
+        pass
+    try:
+        from edge_agent.bundle import BundleError
+
+        errors.append(BundleError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+# -- segment ---------------------------------------------------------------------------
+def cmd_segment(args: argparse.Namespace) -> int:
+    from edge_agent.detectors import open_model
+    from edge_agent.imageio import ImageReadError, list_images, overlay_mask, read_image, write_image
+
+    files = list_images(Path(args.input))
+    seg = open_model(args.model, backend=args.backend, threads=args.threads, threshold=args.threshold,
+                     public_key=args.public_key)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = seg.info
+    print(f"model {info.name} {info.version} ({info.backend} {info.precision}, threshold {seg.threshold:.2f}, "
+          f"{'tiles of ' + 'x'.join(map(str, info.input_size)) if info.strategy == 'tile' else 'padded to stride'}"
+          f" at native resolution)", file=sys.stderr)
+    written, failed = 0, []
+    for path in files:
+        try:
+            image = read_image(path)
+        except ImageReadError as exc:
+            if len(files) == 1:
+                raise
+            failed.append(str(exc))
+            print(f"skipped: {exc}", file=sys.stderr)
+            continue
+        mask = seg.segment(image)
+        write_image(out / f"{path.stem}.png", mask.astype("uint8") * 255)
+        if args.overlay:
+            write_image(out / f"{path.stem}_overlay.jpg", overlay_mask(image, mask))
+        written += 1
+        print(f"{path.name}: {image.shape[1]}x{image.shape[0]}, crack pixels {100.0 * mask.mean():.2f}%, "
+              f"{seg.last_inference_ms:.1f} ms")
+    print(f"wrote {written} mask(s) to {out}" + (f"; {len(failed)} unreadable image(s) skipped" if failed else ""))
+    return 1 if failed else 0
+
+
+# -- eval ------------------------------------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    from edge_agent.evaluation.folder import evaluate, looks_like_masks, pair_by_stem
+
+    source = Path(args.pred_or_images)
+    masks = Path(args.masks) if args.masks else None
+    if masks is None:
+        if (source / "images").is_dir() and (source / "masks").is_dir():
+            source, masks = source / "images", source / "masks"
+        else:
+            raise UserError(f"{source}: give the masks folder too (crackseg-edge eval PRED_OR_IMAGES MASKS), "
+                            "or a folder holding images/ and masks/")
+    pairs = pair_by_stem(source, masks, args.split)
+    segmenter = None
+    if args.model or not looks_like_masks(pairs.inputs[0]):
+        from edge_agent.detectors import open_model
+
+        segmenter = open_model(args.model, backend=args.backend, threads=args.threads, threshold=args.threshold)
+    score = evaluate(pairs, segmenter, tolerance=args.tolerance)
+    what = (f"model {segmenter.info.name} {segmenter.info.version} ({segmenter.info.backend} "
+            f"{segmenter.info.precision}, threshold {segmenter.threshold:.2f})" if segmenter else "predicted masks")
+    result = {"source": str(source), "masks": str(masks), "split": args.split, "evaluated": what,
+              **score.to_dict()}
+    print(f"{what} on {score.images} image(s), split {args.split}")
+    print(f"{'metric':<18}{'value':>10}")
+    for key in ("precision", "recall", "f1", "iou"):
+        label = f"{key}@{args.tolerance:g}px" if key != "iou" else "iou (exact)"
+        print(f"{label:<18}{getattr(score, key):>10.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    return 0
+
+
+# -- config ----------------------------------------------------------------------------
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from edge_agent.config.loader import check_config_main
+
+    return check_config_main(args.file)
+
+
+# -- agent -----------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge_agent.app import run_from_cli
+
+    return run_from_cli(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edge_agent.demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from edge_agent.updates.cli import model_command
+
+    return model_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="crackseg-edge", description="Pavement-crack segmentation on the edge.")
+    p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ERROR")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--model", help="model .onnx/.tflite or bundle (default: the shipped reference bundle)")
+        sp.add_argument("--backend", choices=["onnx", "tflite"], help="inference backend (default: onnx)")
+        sp.add_argument("--threshold", type=float, help="decision threshold (default: the model's own)")
+        sp.add_argument("--threads", type=int, help="inference threads (default: all cores)")
+
+    s = sub.add_parser("segment", help="write a binary crack mask (0/255 PNG) for an image or every image of a folder")
+    s.add_argument("input", help="image file or folder")
+    s.add_argument("--out", required=True, help="output folder (<stem>.png masks)")
+    s.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.jpg")
+    s.add_argument("--public-key", help="ed25519 public key to verify a signed bundle")
+    model_args(s)
+    s.set_defaults(func=cmd_segment)
+
+    e = sub.add_parser("eval", help="F1@2px and IoU (counts summed over the data set) against ground-truth masks")
+    e.add_argument("pred_or_images", help="folder of predicted masks, or of images (segmented with the model)")
+    e.add_argument("masks", nargs="?", help="folder of ground-truth masks (same stems)")
+    e.add_argument("--split", choices=["all", "train", "val"], default="all",
+                   help="score only stems of this deterministic 85/15 split")
+    e.add_argument("--tolerance", type=float, default=2.0, help="match tolerance in px (default 2)")
+    e.add_argument("--json", help="also write the result to this JSON file")
+    model_args(e)
+    e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("check-config", help="validate an agent YAML config; exits non-zero on any error")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_check_config)
+
+    r = sub.add_parser("run", help="run the edge agent: camera -> segmentation -> measurement -> MQTT")
+    r.add_argument("--config", help="agent YAML config (default: built-in defaults)")
+    r.add_argument("--source", help="camera/video source (overrides the config)")
+    r.add_argument("--mqtt-url", help="mqtt://HOST:PORT or mqtts://HOST:PORT (overrides the config)")
+    r.add_argument("--device-id", help="device id used in topics and payloads")
+    r.add_argument("--state-dir", help="folder for the outbox, sequence numbers and models")
+    r.add_argument("--max-frames", type=int, help="stop after N frames once everything is delivered or persisted")
+    r.add_argument("--model", help="model file or bundle (overrides the config)")
+    r.add_argument("--backend", choices=["onnx", "tflite"])
+    r.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("demo", help="run the agent on a generated survey clip through a local broker")
+    d.add_argument("--out", default="demo-output", help="folder for overlays and received messages")
+    d.add_argument("--frames", type=int, default=60)
+    d.set_defaults(func=cmd_demo)
+
+    m = sub.add_parser("model", help="manage installed models: list, activate VERSION, rollback")
+    m.add_argument("action", choices=["list", "activate", "rollback"])
+    m.add_argument("version", nargs="?")
+    m.add_argument("--state-dir", required=False)
+    m.add_argument("--config")
+    m.set_defaults(func=cmd_model)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    log_level = getattr(args, "log_level", "WARNING")
+    logging.basicConfig(level=getattr(logging, str(log_level).upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    errors = _user_errors()
+    try:
+        return int(args.func(args) or 0)
+    except errors as exc:
+        print(f"crackseg-edge: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

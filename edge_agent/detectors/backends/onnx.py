@@ -1,0 +1,105 @@
+"""onnxruntime backend: CPU everywhere, CUDA / TensorRT on Jetson when installed."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.detectors.backends.base import layout_from_shape
+from edge_agent.detectors.contract import CONTRACT_METADATA_KEY, InferenceContract
+from edge_agent.detectors.errors import BackendUnavailableError, ModelError
+
+log = logging.getLogger(__name__)
+
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+
+
+def resolve_providers(requested: list[str] | None) -> list[str]:
+    """Map aliases to onnxruntime provider names and keep those installed (CPU always last)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    wanted = [PROVIDER_ALIASES.get(p.lower(), p) for p in (requested or ["cpu"])]
+    chosen = [p for p in wanted if p in available]
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        log.warning("onnxruntime providers not available here, skipped: %s (available: %s)",
+                    ", ".join(missing), ", ".join(available))
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def read_onnx_contract(path: Path) -> InferenceContract | None:
+    """The contract stored in the model's metadata_props, or None."""
+    import onnxruntime as ort
+
+    meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
+    text = meta.custom_metadata_map.get(CONTRACT_METADATA_KEY)
+    return InferenceContract.from_json(text) if text else None
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(self, path: str | Path, contract: InferenceContract | None = None, threads: int | None = None,
+                 providers: list[str] | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
+            raise BackendUnavailableError("onnxruntime is not installed: pip install onnxruntime "
+                                          "(or onnxruntime-gpu from the Jetson Zoo on Jetson)") from exc
+        path = Path(path)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=resolve_providers(providers))
+        except Exception as exc:
+            raise ModelError(f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0][:200]}); "
+                             "re-export it with crackseg-convert export-onnx") from exc
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelError(f"{path}: expected one image input, found {len(inputs)}")
+        self.input_name = inputs[0].name
+        self.providers = self.session.get_providers()
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if contract is None:
+            text = meta.get(CONTRACT_METADATA_KEY)
+            if not text:
+                raise ModelError(f"{path}: the model carries no inference contract ('{CONTRACT_METADATA_KEY}' "
+                                 "metadata); export it with crackseg-convert or load it through a bundle")
+            contract = InferenceContract.from_json(text)
+        shape = inputs[0].shape
+        updates: dict = {}
+        actual_layout = layout_from_shape(shape)
+        if actual_layout and actual_layout != contract.layout:
+            updates["layout"] = actual_layout
+        spatial = shape[2:4] if (actual_layout or contract.layout) == "NCHW" else shape[1:3]
+        if all(isinstance(d, int) and d > 0 for d in spatial):
+            updates["input_size"] = (int(spatial[0]), int(spatial[1]))
+        self.contract = contract.model_copy(update=updates)
+        self.precision = "int8" if any(n.op_type in ("QuantizeLinear", "QLinearConv", "ConvInteger")
+                                       for n in _graph_nodes(path)) else "fp32"
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
+
+
+def _graph_nodes(path: Path):
+    try:
+        import onnx
+
+        return onnx.load(str(path), load_external_data=False).graph.node
+    except Exception:  # onnx (the package) is optional on the device
+        return []

@@ -1,0 +1,55 @@
+"""The inference contract: how a model wants its frames and what its output means.
+
+It travels with the model (ONNX metadata, TFLite metadata, bundle manifest) so that the
+runtime never guesses. One preprocessing implementation (``preprocess.py``) is driven by it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+CONTRACT_METADATA_KEY = "crackseg_contract"
+
+
+class InferenceContract(BaseModel):
+    """What a crack model expects as input and produces as output.
+
+    - ``input_size``: fixed (height, width) the artifact was exported for, or ``None`` when
+      the artifact accepts any size that is a multiple of ``stride``.
+    - ``stride``: frames are padded to a multiple of it (the network's output stride).
+    - ``layout``: NCHW (PyTorch/ONNX) or NHWC (TFLite).
+    - ``color_order``, ``mean``, ``std``: pixel normalisation on 0-255 values:
+      ``(pixel - mean) / std`` per channel in ``color_order``.
+    - ``output``: ``logits`` (apply a sigmoid) or ``probabilities``.
+    - ``threshold``: decision threshold on the probability, chosen on validation data.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_size: tuple[int, int] | None = None
+    stride: int = Field(16, ge=1)
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    color_order: Literal["RGB", "BGR"] = "RGB"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    output: Literal["logits", "probabilities"] = "logits"
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(s <= 0 for s in v):
+            raise ValueError("std values must be > 0")
+        return v
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "InferenceContract":
+        return cls.model_validate(json.loads(text))

@@ -1,0 +1,9 @@
+"""Errors of the inference runtime, each worded for the operator who has to fix it."""
+
+
+class ModelError(Exception):
+    """The model file cannot be used (missing, corrupt, wrong format, unknown contract)."""
+
+
+class BackendUnavailableError(ModelError):
+    """The requested inference backend is not installed on this machine."""

@@ -1,0 +1,94 @@
+"""F1 with a pixel tolerance and pixel-exact IoU, with counts summed over a data set.
+
+Definition (shared with the CrackSeg training project so figures are comparable):
+- a predicted crack pixel is a true positive when a ground-truth crack pixel lies within
+  ``tolerance`` px (Euclidean distance transform); precision = TP / predicted pixels;
+- a ground-truth crack pixel is recalled when a predicted crack pixel lies within
+  ``tolerance`` px; recall = recalled / ground-truth pixels; F1 = harmonic mean;
+- IoU = summed intersection / summed union (no tolerance).
+Counts are summed over all images before dividing: large and small images weigh by pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+
+def _distance_to(mask: np.ndarray) -> np.ndarray:
+    """Exact Euclidean distance of every pixel to the nearest True pixel of ``mask``."""
+    if not mask.any():
+        return np.full(mask.shape, np.inf, dtype=np.float32)
+    background = np.where(mask, 0, 255).astype(np.uint8)
+    return cv2.distanceTransform(background, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+
+
+@dataclass
+class PairCounts:
+    pred_pixels: int
+    pred_matched: int
+    gt_pixels: int
+    gt_recalled: int
+    intersection: int
+    union: int
+
+
+def score_pair(pred: np.ndarray, gt: np.ndarray, tolerance: float = 2.0) -> PairCounts:
+    """Counts for one image; ``pred`` and ``gt`` are boolean (or 0/255) arrays of equal shape."""
+    pred = np.asarray(pred) > 0
+    gt = np.asarray(gt) > 0
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth shape {gt.shape}")
+    dist_to_gt = _distance_to(gt)
+    dist_to_pred = _distance_to(pred)
+    return PairCounts(
+        pred_pixels=int(pred.sum()),
+        pred_matched=int((pred & (dist_to_gt <= tolerance)).sum()),
+        gt_pixels=int(gt.sum()),
+        gt_recalled=int((gt & (dist_to_pred <= tolerance)).sum()),
+        intersection=int((pred & gt).sum()),
+        union=int((pred | gt).sum()),
+    )
+
+
+@dataclass
+class CrackScore:
+    images: int
+    precision: float
+    recall: float
+    f1: float
+    iou: float
+    tolerance_px: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ScoreAccumulator:
+    """Sums per-image counts; ``result()`` gives data-set-level precision/recall/F1/IoU."""
+
+    def __init__(self, tolerance: float = 2.0):
+        self.tolerance = tolerance
+        self.images = 0
+        self._totals = np.zeros(6, dtype=np.int64)
+
+    def add(self, pred: np.ndarray, gt: np.ndarray) -> PairCounts:
+        counts = score_pair(pred, gt, self.tolerance)
+        self.add_counts(counts)
+        return counts
+
+    def add_counts(self, counts: PairCounts) -> None:
+        self.images += 1
+        self._totals += np.array(
+            [counts.pred_pixels, counts.pred_matched, counts.gt_pixels, counts.gt_recalled,
+             counts.intersection, counts.union], dtype=np.int64)
+
+    def result(self) -> CrackScore:
+        pred_px, pred_ok, gt_px, gt_ok, inter, union = (int(v) for v in self._totals)
+        precision = pred_ok / pred_px if pred_px else (1.0 if gt_px == 0 else 0.0)
+        recall = gt_ok / gt_px if gt_px else 1.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+        iou = inter / union if union else 1.0
+        return CrackScore(self.images, precision, recall, f1, iou, self.tolerance)

@@ -1,0 +1,1 @@
+"""Health numbers of the agent and its host."""
