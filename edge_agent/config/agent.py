@@ -1,0 +1,58 @@
+"""The root agent config: one YAML file per device assembles every section.
+
+Sections are owned by their domain packages (camera, measurement, position, mqtt, reporting) and only
+assembled here, so each domain validates its own settings and this file stays a table of
+contents.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from edge_agent.config.camera import CameraConfig
+from edge_agent.config.measurement import MeasurementConfig
+from edge_agent.config.mqtt import MqttConfig
+from edge_agent.config.position import PositionConfig
+from edge_agent.config.reporting import ReportingConfig
+from edge_agent.config.sections import (
+    ConfigPath,
+    HealthConfig,
+    HttpConfig,
+    LoggingConfig,
+    ModelConfig,
+    default_state_dir,
+    validate_device_id,
+)
+
+
+def _default_device_id() -> str:
+    """The hostname, made topic-safe: good enough for a bench; fleets set device_id explicitly."""
+    name = "".join(c if c.isalnum() or c in "_.-" else "-" for c in socket.gethostname()) or "edge"
+    return name[:64].lstrip("_.-") or "edge"
+
+
+class AgentConfig(BaseModel):
+    """Everything the agent needs to run on one vehicle computer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str = Field(default_factory=_default_device_id, description="unique per vehicle; an MQTT topic "
+                                                                           "level")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    camera: CameraConfig
+    measurement: MeasurementConfig = Field(default_factory=MeasurementConfig)
+    position: PositionConfig = Field(default_factory=PositionConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    reporting: ReportingConfig = Field(default_factory=ReportingConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    state_dir: ConfigPath = Field(default_factory=default_state_dir, description="outbox, sequence numbers, "
+                                                                                  "installed models")
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id_ok(cls, v: str) -> str:
+        return validate_device_id(v)
