@@ -31,12 +31,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         errors.append(ConfigError)
     except ImportError:
         pass
-    try:
-        from edge_agent.bundle import BundleError
-
-        errors.append(BundleError)
-    except ImportError:
-        pass
+    for module, names in (("edge_agent.bundle", ("BundleError",)), ("edge_agent.agent.app", ("AgentError",)),
+                          ("edge_agent.video.errors", ("VideoSourceError",)),
+                          ("edge_agent.comms.mqtt", ("MqttSetupError",)), ("edge_agent.comms.topics", ("TopicError",)),
+                          ("edge_agent.service.http", ("HealthServerError",))):
+        try:
+            mod = __import__(module, fromlist=list(names))
+            errors.extend(getattr(mod, n) for n in names if hasattr(mod, n))
+        except ImportError:
+            pass
     return tuple(errors)
 
 
@@ -118,7 +121,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 # -- agent -----------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge_agent.app import run_from_cli
+    from edge_agent.agent.app import run_from_cli
 
     return run_from_cli(args)
 

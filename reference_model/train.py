@@ -38,7 +38,7 @@ from reference_model.dataset import (Augmenter, cap_label_width, list_pairs, rea
 from reference_model.network import OUTPUT_STRIDE, build_reference_model, count_macs, count_params
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "crackseg-unified"
-THRESHOLDS = np.round(np.arange(0.20, 0.86, 0.05), 2)
+THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
 
 
 def parse_data_arg(spec: str) -> tuple[Path, int]:

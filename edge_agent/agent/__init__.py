@@ -1,0 +1,1 @@
+"""The edge agent: pipeline stages, reporting, health and commands wired together."""

@@ -1,0 +1,102 @@
+"""One health picture of the agent, in the two shapes its readers want.
+
+``flat()`` is the ``HealthSnapshot`` dict the local HTTP endpoints and /metrics read;
+``payload()`` is the nested message published on ``health`` over MQTT. Both come from the
+same readings so the office and the vehicle never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from edge_agent.agent.stats import PipelineStats
+from edge_agent.stats import system
+
+
+class HealthCollector:
+    def __init__(self, stats: PipelineStats, capture, comms, model_info: Callable[[], dict],
+                 model_manifest: Callable[[], dict | None], queue_depth: Callable[[], int],
+                 memory_limit_bytes: int | None = None, paused: Callable[[], bool] = lambda: False,
+                 extra: Callable[[], dict] | None = None):
+        self.stats, self.capture, self.comms = stats, capture, comms
+        self.model_info, self.model_manifest = model_info, model_manifest
+        self.queue_depth, self.paused = queue_depth, paused
+        self.memory_limit_bytes = memory_limit_bytes
+        self.extra = extra
+        system.process_cpu_percent()  # prime psutil's interval counter
+
+    def flat(self) -> dict:
+        s = self.stats.snapshot()
+        cam = self.capture.stats()
+        link = self.comms.stats()
+        outbox_ok = not getattr(getattr(self.comms, "outbox", None), "closed", False)
+        return {
+            "heartbeat_age_s": s["heartbeat_age_s"],
+            "model_loaded": True,
+            "camera_last_frame_age_s": cam.last_frame_age_s,
+            "camera_state": cam.state,
+            "outbox_writable": outbox_ok,
+            "frames_in": s["frames_in"],
+            "frames_processed": s["frames_processed"],
+            "frames_dropped": cam.frames_dropped,
+            "fps": s["fps_out"],
+            "inference_ms_p50": s["inference_ms_p50"],
+            "inference_ms_p95": s["inference_ms_p95"],
+            "outbox_depth": link.outbox_depth,
+            "outbox_oldest_age_s": link.outbox_oldest_age_s,
+            "mqtt_connected": link.connected,
+            "mqtt_reconnects": link.reconnects,
+            "cpu_percent": system.process_cpu_percent(),
+            "rss_mb": round(system.process_rss_mb(), 1),
+            "memory_limit_mb": round(self.memory_limit_bytes / 2**20, 1) if self.memory_limit_bytes else None,
+            "temperature_c": system.temperature_c(),
+            "uptime_s": s["uptime_s"],
+            "model": self.model_info(),
+            "model_manifest": self.model_manifest(),
+        }
+
+    def payload(self) -> dict:
+        """The MQTT ``health`` message body."""
+        s = self.stats.snapshot()
+        cam = self.capture.stats()
+        link = self.comms.stats()
+        body = {
+            "frames": {"in": s["frames_in"], "processed": s["frames_processed"], "fps_in": s["fps_in"],
+                       "fps_out": s["fps_out"], "dropped": cam.frames_dropped, "skipped": cam.frames_skipped,
+                       "paused": s["frames_paused"], "frame_errors": s["frame_errors"],
+                       "inference_errors": s["inference_errors"], "report_errors": s["report_errors"]},
+            "inference_ms": {"p50": s["inference_ms_p50"], "p95": s["inference_ms_p95"]},
+            "measure_ms": {"p50": s["measure_ms_p50"], "p95": s["measure_ms_p95"]},
+            "queue_depth": self.queue_depth(),
+            "detections": {"messages": s["detection_messages"], "cracks": s["cracks_reported"],
+                           "new_cracks": s["new_cracks"], "snapshots": s["snapshots"]},
+            "camera": {"state": cam.state, "source": cam.source, "kind": cam.kind,
+                       "last_frame_age_s": _round(cam.last_frame_age_s), "stalls": cam.stalls,
+                       "reconnects": cam.reconnects, "corrupt_frames": cam.corrupt_frames,
+                       "read_errors": cam.read_errors},
+            "outbox": {"depth": link.outbox_depth, "bytes": link.outbox_bytes,
+                       "oldest_age_s": _round(link.outbox_oldest_age_s), "dropped": link.dropped},
+            "link": {"state": link.link_state, "connected": link.connected, "reconnects": link.reconnects,
+                     "published": link.published, "acked": link.acked},
+            "system": {"cpu_percent": system.process_cpu_percent(), "system_cpu_percent": system.system_cpu_percent(),
+                       "rss_mb": round(system.process_rss_mb(), 1), "temperature_c": system.temperature_c(),
+                       "throttling": system.pi_throttling()},
+            "model": self.model_info(),
+            "paused": self.paused(),
+            "uptime_s": s["uptime_s"],
+        }
+        if self.extra is not None:
+            body.update(self.extra())
+        return body
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= (``systemctl status`` shows it)."""
+        s = self.stats.snapshot()
+        link = self.comms.stats()
+        cam = self.capture.stats()
+        return (f"{s['fps_out']:.1f} fps, inference p50 {s['inference_ms_p50'] or 0:.0f} ms, camera {cam.state}, "
+                f"mqtt {link.link_state}, outbox {link.outbox_depth}, {s['detection_messages']} detection msgs")
+
+
+def _round(v: float | None, digits: int = 2) -> float | None:
+    return None if v is None else round(v, digits)
