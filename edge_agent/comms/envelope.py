@@ -1,0 +1,129 @@
+"""The envelope every JSON message carries, so the office side can dedupe and detect loss.
+
+Envelope fields sit at the top level next to the caller's fields (``{"schema_version": 1,
+"msg_id": ..., "seq": 17, "device_id": "van-07", "ts": ..., "state": "online"}``) so a
+dashboard reads ``msg["state"]`` without unwrapping. A caller field with an envelope name is
+an error rather than a silent overwrite.
+
+- ``msg_id``: unique per message; a re-sent message (after a crash or lost PUBACK) keeps it,
+  so duplicates are recognisable.
+- ``seq``: per device and per topic, contiguous and persistent across restarts (stored in
+  the outbox database). On ``detections`` a gap means messages were dropped by the outbox
+  bounds; on ``health``/``snapshots`` it means messages skipped while offline or lost at QoS 0.
+  The last will (``status`` ``offline``) is registered before the connection exists and
+  carries ``seq`` 0.
+- ``ts``: capture time (ISO-8601 UTC, ``Z``) supplied by the caller; ``sent_ts`` is when the
+  agent created the message, which differs from ``ts`` when processing lagged.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from datetime import date, datetime, timezone
+from enum import Enum
+from pathlib import PurePath
+from typing import Any
+
+SCHEMA_VERSION = 1
+ENVELOPE_FIELDS = ("schema_version", "msg_id", "seq", "device_id", "ts", "sent_ts")
+
+
+class EnvelopeError(ValueError):
+    """A payload that cannot be wrapped or sent as JSON; the message names the field."""
+
+
+def new_msg_id() -> str:
+    """32 hex characters of uuid4: unique without coordination between devices."""
+    return uuid.uuid4().hex
+
+
+def iso_utc(ts: float | datetime) -> str:
+    """Epoch seconds or an aware datetime -> ``2024-05-01T09:30:12.345Z``.
+
+    Naive datetimes are refused: on a vehicle computer the local zone is often wrong or
+    unset, and an hour's error in a survey timestamp puts cracks on the wrong road.
+    """
+    if isinstance(ts, datetime):
+        if ts.tzinfo is None or ts.utcoffset() is None:
+            raise EnvelopeError(f"timestamp {ts.isoformat()} has no timezone; pass epoch seconds or an aware "
+                                "datetime (e.g. datetime.now(timezone.utc))")
+        dt = ts.astimezone(timezone.utc)
+    elif isinstance(ts, (int, float)) and not isinstance(ts, bool) and math.isfinite(ts):
+        dt = datetime.fromtimestamp(float(ts), tz=timezone.utc)
+    else:
+        raise EnvelopeError(f"timestamp {ts!r} must be epoch seconds (float) or an aware datetime")
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def wrap(payload: Mapping[str, Any], *, device_id: str, seq: int, ts: float | datetime, sent_ts: float,
+         msg_id: str | None = None) -> dict[str, Any]:
+    """The caller's fields plus the envelope fields (envelope first, for readable logs)."""
+    clash = sorted(set(payload) & set(ENVELOPE_FIELDS))
+    if clash:
+        raise EnvelopeError(f"payload field(s) {', '.join(clash)} are reserved for the envelope; rename them")
+    return {"schema_version": SCHEMA_VERSION, "msg_id": msg_id or new_msg_id(), "seq": int(seq),
+            "device_id": device_id, "ts": iso_utc(ts), "sent_ts": iso_utc(sent_ts), **payload}
+
+
+def _default(obj: Any) -> Any:
+    """JSON for what the pipeline naturally produces: numpy scalars/arrays, datetimes, paths."""
+    item = getattr(obj, "item", None)
+    if callable(item) and getattr(obj, "shape", None) == ():
+        return item()
+    tolist = getattr(obj, "tolist", None)
+    if callable(tolist):
+        return tolist()
+    if isinstance(obj, datetime):
+        return iso_utc(obj)
+    if isinstance(obj, date):
+        return obj.isoformat()
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if isinstance(obj, (bytes, bytearray)):
+        return base64.b64encode(bytes(obj)).decode("ascii")
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    """Compact UTF-8 JSON; NaN/Infinity are refused because most JSON parsers reject them."""
+    try:
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                          default=_default).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise EnvelopeError(f"payload cannot be sent as JSON: {exc}") from None
+
+
+def decode(data: bytes | str) -> dict[str, Any]:
+    """Parse and check one enveloped message (for consumers, tools and tests)."""
+    try:
+        msg = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EnvelopeError(f"message is not JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise EnvelopeError("message is not a JSON object")
+    missing = [f for f in ENVELOPE_FIELDS if f not in msg]
+    if missing:
+        raise EnvelopeError(f"message lacks envelope field(s) {', '.join(missing)}")
+    if msg["schema_version"] != SCHEMA_VERSION:
+        raise EnvelopeError(f"schema_version {msg['schema_version']!r} is not {SCHEMA_VERSION}")
+    if not isinstance(msg["seq"], int) or isinstance(msg["seq"], bool) or msg["seq"] < 0:
+        raise EnvelopeError(f"seq {msg['seq']!r} is not a non-negative integer")
+    for name in ("ts", "sent_ts"):
+        try:
+            datetime.fromisoformat(str(msg[name]).replace("Z", "+00:00"))
+        except ValueError:
+            raise EnvelopeError(f"{name} {msg[name]!r} is not ISO-8601") from None
+    return msg
+
+
+def jpeg_b64_fields(jpeg: bytes) -> dict[str, Any]:
+    """A JPEG as JSON fields, for MQTT 3.1.1 where raw bytes could not carry the envelope."""
+    return {"content_type": "image/jpeg", "image_b64": base64.b64encode(jpeg).decode("ascii")}
