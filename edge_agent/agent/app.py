@@ -138,7 +138,8 @@ class Agent:
                                       status={"model": self._model_status()})
         self.position = create_position_provider(cfg.position)
         self.position.start()
-        self.reporter = Reporter(self.comms, self.position, cfg.measurement, cfg.reporting, self.stats)
+        run_id = f"{cfg.device_id}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(PROCESS_START))}"
+        self.reporter = Reporter(self.comms, self.position, cfg.measurement, cfg.reporting, self.stats, run_id)
         self.registry = CommandRegistry(verify=self._command_verifier(), audit=self._audit)
         self._register_commands()
         self.comms.subscribe_commands(self.registry)

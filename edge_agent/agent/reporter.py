@@ -31,8 +31,9 @@ class Reporter:
     """Builds and publishes the detections message of each frame."""
 
     def __init__(self, comms: Communicator, position: PositionProvider, measurement: MeasurementConfig,
-                 reporting: ReportingConfig, stats: PipelineStats):
+                 reporting: ReportingConfig, stats: PipelineStats, run_id: str | None = None):
         self.comms, self.position, self.stats = comms, position, stats
+        self.run_id = run_id
         self._lock = threading.Lock()
         self.configure(measurement, reporting)
         self._snapshot_requested = threading.Event()
@@ -43,7 +44,7 @@ class Reporter:
         with self._lock:
             self.measurement, self.reporting = measurement, reporting
             self.measurer = CrackMeasurer(measurement)
-            self.tracker = CrackTracker(measurement)
+            self.tracker = CrackTracker(measurement, run_id=self.run_id)
 
     def request_snapshot(self) -> None:
         self._snapshot_requested.set()
@@ -54,7 +55,10 @@ class Reporter:
         frame = item.frame
         cracks = measurer.measure(item.mask, item.prob) if item.mask.any() else []
         fix = self.position.latest()
-        tracked = tracker.update(frame.capture_ts, cracks, fix.speed_mps if fix.has_fix else None,
+        # Recorded media may play faster than real time: track on media time so the
+        # speed-based motion estimate matches what the camera saw.
+        track_ts = frame.position_s if frame.position_s is not None else frame.capture_ts
+        tracked = tracker.update(track_ts, cracks, fix.speed_mps if fix.has_fix else None,
                                  frame_shape=item.mask.shape)
         if tracked or reporting.every_frame:
             listed = tracked[:reporting.max_cracks_per_message]
