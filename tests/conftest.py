@@ -151,3 +151,11 @@ def subscriber() -> Iterator[Callable[..., Subscriber]]:
     yield factory
     for sub in subs:
         sub.close()
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory) -> Path:
+    """A real (tiny, untrained) crack network exported to ONNX with its contract: fast enough for CI."""
+    from tests.tiny_models import export_onnx, tiny_torch_model
+
+    return export_onnx(tiny_torch_model(), tmp_path_factory.mktemp("model") / "tiny.onnx", None, threshold=0.5)

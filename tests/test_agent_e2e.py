@@ -11,55 +11,11 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
-from pathlib import Path
-
-import pytest
-import yaml
 
 from edge_agent.video.synthetic import write_image_folder, write_survey_video
+from tests.agent_run import DEVICE, agent, finish, write_config
 from tests.schemas import validate_message
-from tests.tiny_models import export_onnx, tiny_torch_model
-
-DEVICE = "van-e2e"
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    return export_onnx(tiny_torch_model(), tmp_path_factory.mktemp("model") / "tiny.onnx", None, threshold=0.5)
-
-
-def write_config(tmp: Path, model: Path, source: str, url: str, **sections) -> Path:
-    cfg = {
-        "device_id": DEVICE,
-        "model": {"path": str(model), "threads": 1},
-        "camera": {"source": source, "realtime": False},
-        "mqtt": {"url": url, "reconnect_min_s": 1, "reconnect_max_s": 1},
-        "reporting": {"every_frame": True},
-        "health": {"interval_s": 1.0},
-        "http": {"enabled": False},
-        "state_dir": str(tmp / "state"),
-    }
-    for key, value in sections.items():
-        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
-    path = tmp / "agent.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def agent(config: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
-
-
-def finish(proc: subprocess.Popen, timeout: float = 120) -> dict:
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, f"agent exited {proc.returncode}\n{err[-3000:]}"
-    return json.loads(out.strip().splitlines()[-1])
-
 
 def detections_by_frame(sub) -> dict[int, list[dict]]:
     frames: dict[int, list[dict]] = {}
