@@ -10,7 +10,9 @@ redistributed with the project.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import time
 import threading
 from pathlib import Path
 
@@ -87,6 +89,8 @@ def describe_detection(body: dict) -> str:
 def run_demo(args) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "state", ignore_errors=True)  # each demo starts with an empty outbox
+    shutil.rmtree(out / "overlays", ignore_errors=True)
     clip = write_survey_video(out / "survey_clip.mp4", args.frames, size=(640, 360), fps=10.0, seed=7,
                               speed_px=12)
     print(f"generated survey clip {clip} ({args.frames} frames, 640x360)", flush=True)
@@ -109,8 +113,6 @@ def run_demo(args) -> int:
               f"{info['strategy']} at native resolution)", flush=True)
         agent.wait()
         summary = agent.shutdown()
-        import time
-
         time.sleep(0.5)  # let the subscriber receive the last acknowledged messages
         sub.close()
     print(f"\n{summary['frames']} frames processed at {summary['fps_out']:.1f} fps "
