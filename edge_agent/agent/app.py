@@ -28,7 +28,6 @@ from edge_agent.config.agent import AgentConfig
 from edge_agent.config.loader import ConfigError, load_config
 from edge_agent.detectors import ModelError, open_model
 from edge_agent.position import create_position_provider
-from edge_agent.service.http import HealthServer
 from edge_agent.service.notify import Notifier
 from edge_agent.service.watchdog import FrameWatchdog
 from edge_agent.stats import system
@@ -37,7 +36,17 @@ from edge_agent.video.factory import capture_from_config, parse_source
 
 log = logging.getLogger(__name__)
 
-PROCESS_START = time.time()
+def _process_start() -> float:
+    """When this process started (cold-start figures count from exec, not from import)."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:
+        return time.time()
+
+
+PROCESS_START = _process_start()
 
 
 class AgentError(Exception):
@@ -76,7 +85,7 @@ class Agent:
         self._stop = threading.Event()
         self._ready_sent = False
         self._threads: list[threading.Thread] = []
-        self.http: HealthServer | None = None
+        self.http = None
         self.capture: FrameCapture | None = None
         self.comms: MqttCommunicator | None = None
         self.position = None
@@ -154,6 +163,8 @@ class Agent:
                                       self.segmented.qsize, limit, paused=self.inference.paused.is_set,
                                       extra=self._health_extra)
         if cfg.http.enabled:
+            from edge_agent.service.http import HealthServer  # prometheus-client only when served
+
             self.http = HealthServer(cfg, self.health.flat)
             self.http.start()
         self.report.start()
@@ -197,7 +208,7 @@ class Agent:
             "frames_dropped": cam.frames_dropped, "outbox_dropped": link.dropped,
             "frame_errors": s["frame_errors"], "inference_errors": s["inference_errors"],
             "cracks": s["cracks_reported"], "new_cracks": s["new_cracks"],
-            "fps_out": s["fps_out"], "inference_ms_p50": s["inference_ms_p50"],
+            "fps_in": s["fps_in"], "fps_out": s["fps_out"], "inference_ms_p50": s["inference_ms_p50"],
             "inference_ms_p95": s["inference_ms_p95"], "measure_ms_p50": s["measure_ms_p50"],
             "first_frame_s": None if self.stats.first_frame_s is None else round(self.stats.first_frame_s, 3),
             "elapsed_s": round(time.time() - PROCESS_START, 2), "rss_mb": round(system.process_rss_mb(), 1),
