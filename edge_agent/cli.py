@@ -34,7 +34,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     for module, names in (("edge_agent.bundle", ("BundleError",)), ("edge_agent.agent.app", ("AgentError",)),
                           ("edge_agent.video.errors", ("VideoSourceError",)),
                           ("edge_agent.comms.mqtt", ("MqttSetupError",)), ("edge_agent.comms.topics", ("TopicError",)),
-                          ("edge_agent.service.http", ("HealthServerError",))):
+                          ("edge_agent.service.http", ("HealthServerError",)),
+                          ("edge_agent.updates", ("UpdateError",)), ("edge_agent.comms.outbox", ("OutboxError",)),
+                          ("edge_agent.config.mqtt", ("MqttCredentialError",)),
+                          ("edge_agent.comms.envelope", ("EnvelopeError",))):
         try:
             mod = __import__(module, fromlist=list(names))
             errors.extend(getattr(mod, n) for n in names if hasattr(mod, n))

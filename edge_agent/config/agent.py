@@ -15,6 +15,7 @@ from edge_agent.config.camera import CameraConfig
 from edge_agent.config.measurement import MeasurementConfig
 from edge_agent.config.mqtt import MqttConfig
 from edge_agent.config.position import PositionConfig
+from edge_agent.config.updates import UpdatesConfig
 from edge_agent.config.reporting import ReportingConfig
 from edge_agent.config.sections import (
     ConfigPath,
@@ -47,6 +48,7 @@ class AgentConfig(BaseModel):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     reporting: ReportingConfig = Field(default_factory=ReportingConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    updates: UpdatesConfig = Field(default_factory=UpdatesConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     state_dir: ConfigPath = Field(default_factory=default_state_dir, description="outbox, sequence numbers, "

@@ -1,0 +1,113 @@
+"""Over-the-air model updates and command security (the ``updates:`` section of a device config).
+
+Off by default: a device receives models only once an operator has decided where they come
+from (URL schemes, size limits) and, ideally, who may order an update (signed commands)::
+
+    updates:
+      enabled: true
+      allowed_url_schemes: [https]
+      require_signed_commands: true
+      command_public_keys:
+        - {key_id: office-2024, credential: command-signing-key}
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from edge_agent.config.sections import ByteCount, ConfigPath
+
+KEY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class CommandKeyConfig(BaseModel):
+    """One Ed25519 public key allowed to sign commands, named by the ``key_id`` commands carry.
+
+    Several keys (e.g. the back office and a field laptop, or an old and a new key while
+    rotating) can be trusted at once; removing one revokes it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    key_id: str = Field(description="name the signer puts in the command's key_id field")
+    file: ConfigPath | None = Field(None, description="PEM public key file")
+    credential: str | None = Field(None, min_length=1, description="the same key as a systemd credential name")
+
+    @field_validator("key_id")
+    @classmethod
+    def _key_id(cls, v: str) -> str:
+        if not re.match(KEY_ID_PATTERN, v):
+            raise ValueError(f"key_id '{v}' must be 1-64 letters, digits, '_', '-' or '.'")
+        return v
+
+    @field_validator("file")
+    @classmethod
+    def _file_exists(cls, v):  # noqa: ANN001, ANN206 - pydantic validator
+        if v is not None and not v.is_file():
+            raise ValueError(f"command public key file not found: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CommandKeyConfig:
+        if bool(self.file) == bool(self.credential):
+            raise ValueError(f"key '{self.key_id}': give exactly one of file or credential")
+        return self
+
+
+class UpdatesConfig(BaseModel):
+    """How a device accepts, checks, switches to and watches a new model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="accept model-update / model-chunk commands and manage "
+                                             "<state_dir>/models")
+    max_bundle_bytes: ByteCount = Field(256 * 1024**2, description="largest bundle archive accepted (download "
+                                                                   "or chunked transfer)")
+    download_timeout_s: float = Field(600.0, gt=0, description="a download taking longer is abandoned")
+    allowed_url_schemes: list[Literal["http", "https", "file"]] = Field(
+        default_factory=lambda: ["https", "http", "file"], min_length=1,
+        description="URL schemes model-update may use; the sha256 in the command and the bundle hashes "
+                    "protect the content over plain http too")
+    watch_window_s: float = Field(300.0, gt=0, description="after a switch, the new model is watched this long "
+                                                           "and rolled back if it fails")
+    max_consecutive_inference_errors: int = Field(5, ge=1, description="this many failed frames in a row during "
+                                                                       "the watch window roll back")
+    min_fps_fraction: float = Field(0.5, gt=0.0, le=1.0, description="processed fps below this fraction of the "
+                                                                     "fps before the update rolls back")
+    fps_settle_s: float = Field(30.0, gt=0, description="frame rate is judged only this long after the switch "
+                                                        "(the fps meter averages over 10 s)")
+    max_restarts_while_watching: int = Field(2, ge=1, description="the agent restarting this often during the "
+                                                                  "watch window (crash, watchdog) rolls back")
+    keep_versions: int = Field(2, ge=1, description="installed models kept besides the active one (the previous "
+                                                    "one always counts)")
+    require_signed_commands: bool = Field(False, description="refuse every command without a valid Ed25519 "
+                                                             "signature from command_public_keys")
+    command_public_keys: list[CommandKeyConfig] = Field(default_factory=list)
+    command_max_age_s: float = Field(300.0, gt=0, le=7 * 24 * 3600.0,
+                                     description="signed commands whose ts is further than this from the "
+                                                 "device clock (past or future) are refused")
+    chunk_max_bytes: ByteCount = Field(256 * 1024, description="largest decoded payload of one model-chunk "
+                                                               "command (keep it under the broker's "
+                                                               "message_size_limit)")
+    transfer_max_age_s: float = Field(7 * 24 * 3600.0, gt=0, description="incomplete chunked transfers older "
+                                                                          "than this are deleted")
+    audit_max_bytes: ByteCount = Field(8 * 1024**2, description="audit.jsonl is rotated to audit.jsonl.1 beyond "
+                                                                "this size")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UpdatesConfig:
+        if self.require_signed_commands and not self.command_public_keys:
+            raise ValueError("require_signed_commands needs at least one entry in command_public_keys")
+        ids = [k.key_id for k in self.command_public_keys]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"command_public_keys: key_id {', '.join(dupes)} given more than once")
+        if self.fps_settle_s >= self.watch_window_s:
+            raise ValueError(f"fps_settle_s ({self.fps_settle_s}) must be shorter than watch_window_s "
+                             f"({self.watch_window_s}), or the frame rate is never judged")
+        if self.chunk_max_bytes > self.max_bundle_bytes:
+            raise ValueError("chunk_max_bytes must not exceed max_bundle_bytes")
+        return self
