@@ -13,10 +13,10 @@ import yaml
 DEVICE = "van-e2e"
 
 
-def write_config(tmp: Path, model: Path, source: str, url: str, **sections) -> Path:
+def write_config(tmp: Path, model_file: Path, source: str, url: str, **sections) -> Path:
     cfg = {
         "device_id": DEVICE,
-        "model": {"path": str(model), "threads": 1},
+        "model": {"path": str(model_file), "threads": 1},
         "camera": {"source": source, "realtime": False},
         "mqtt": {"url": url, "reconnect_min_s": 1, "reconnect_max_s": 1},
         "reporting": {"every_frame": True},
