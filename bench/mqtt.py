@@ -15,103 +15,23 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 from bench import BenchError
+from edge_agent.comms.local_broker import BrokerUnavailableError, find_mosquitto
+from edge_agent.comms.local_broker import LocalBroker as _PackageBroker
 
-MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto")
-
-
-def find_mosquitto() -> str | None:
-    """The mosquitto binary ($MOSQUITTO_BIN, PATH, the usual sbin places) or None."""
-    env = os.environ.get("MOSQUITTO_BIN")
-    if env and os.access(env, os.X_OK):
-        return env
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    return next((p for p in MOSQUITTO_CANDIDATES if os.access(p, os.X_OK)), None)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class LocalBroker:
-    """mosquitto on a free loopback port with its own config file; ``with LocalBroker(dir) as b: b.url``."""
-
-    def __init__(self, workdir: str | Path):
-        binary = find_mosquitto()
-        if binary is None:
-            raise BenchError("mosquitto is not installed; install it (apt-get install mosquitto) or set "
-                             "MOSQUITTO_BIN, or run with --no-agent to skip the agent and MQTT benchmarks")
-        self.binary = binary
-        self.dir = Path(workdir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.log_path = self.dir / "mosquitto.log"
-        self.config_path = self.dir / "mosquitto.conf"
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", f"log_dest file {self.log_path}",
-                 "log_type error", "log_type warning", "max_queued_messages 100000"]
-        if hasattr(os, "geteuid") and os.geteuid() == 0:
-            lines.append("user root")  # mosquitto drops to 'mosquitto' otherwise and cannot write its log here
-        self.config_path.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 10.0) -> LocalBroker:
-        self.proc = subprocess.Popen([self.binary, "-c", str(self.config_path)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace").strip() if self.proc.stderr else ""
-                raise BenchError(f"mosquitto exited at start ({err or self._log_tail()}); check {self.config_path}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise BenchError(f"mosquitto did not listen on 127.0.0.1:{self.port} within {timeout:.0f} s")
-
-    def _log_tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-500:].strip()
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if self.proc.stderr:
-            self.proc.stderr.close()
-        self.proc = None
-
-    def __enter__(self) -> LocalBroker:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+def LocalBroker(workdir: str | Path | None = None) -> _PackageBroker:  # noqa: N802 (kept name for callers)
+    """The package's private Mosquitto (``edge_agent.comms.local_broker``), as a BenchError when missing."""
+    try:
+        find_mosquitto()
+    except BrokerUnavailableError as exc:
+        raise BenchError(f"{exc}; or run with --no-agent to skip the agent and MQTT benchmarks") from None
+    return _PackageBroker()
 
 
 def sample_detection(index: int, n_cracks: int = 3) -> dict:

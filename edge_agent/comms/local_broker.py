@@ -46,7 +46,9 @@ class LocalBroker:
 
     def start(self, timeout_s: float = 10.0) -> LocalBroker:
         conf = self._dir / "mosquitto.conf"
+        # max_queued_messages: the outbox benchmark pushes thousands of QoS 1 messages at once
         conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                        "max_queued_messages 100000\n"
                         f"log_dest file {self._dir / 'mosquitto.log'}\n")
         self._proc = subprocess.Popen([find_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL)
