@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -14,36 +12,17 @@ import urllib.request
 import pytest
 
 from tests.media import MjpegServer
+from tests.test_notify import FakeManager
 from tests.mosquitto import free_port
 from tests.agent_run import DEVICE, agent, write_config
 
 
-class NotifySocket:
-    """What systemd does for Type=notify: a datagram socket that collects the agent's messages."""
-
-    def __init__(self, path):
-        self.path = str(path)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            for line in data.decode().splitlines():
-                self.messages.append((time.monotonic(), line))
+class NotifySocket(FakeManager):
+    """What systemd does for Type=notify (the datagram socket of test_notify), read line by line."""
 
     def lines(self, prefix: str) -> list[tuple[float, str]]:
-        return [(t, m) for t, m in list(self.messages) if m.startswith(prefix)]
+        return [(t, line) for t, datagram in list(self.messages) for line in datagram.splitlines()
+                if line.startswith(prefix)]
 
     def wait(self, prefix: str, n: int = 1, timeout: float = 30.0) -> list[tuple[float, str]]:
         deadline = time.monotonic() + timeout
@@ -53,10 +32,6 @@ class NotifySocket:
                 return found
             time.sleep(0.05)
         raise AssertionError(f"no {n}x {prefix!r} from the agent in {timeout}s; got {self.messages[-10:]}")
-
-    def close(self):
-        self._stop.set()
-        self.sock.close()
 
 
 def http_status(url: str) -> tuple[int, dict]:
@@ -79,7 +54,7 @@ def wait_until(predicate, timeout: float, what: str):
 
 @pytest.mark.slow
 def test_notify_watchdog_ready_and_health_follow_the_camera(tmp_path, mosquitto, subscriber, model_path):
-    notify = NotifySocket(tmp_path / "notify.sock")
+    notify = NotifySocket(str(tmp_path / "notify.sock"))
     camera = MjpegServer(size=(160, 120), fps=15).start()
     port = free_port()
     cfg = write_config(tmp_path, model_path, camera.url, mosquitto.url,
