@@ -8,17 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.detectors.backends.base import layout_from_shape
+from edge_agent.config.sections import PROVIDER_NAMES
 from edge_agent.detectors.contract import CONTRACT_METADATA_KEY, InferenceContract
 from edge_agent.detectors.errors import BackendUnavailableError, ModelError
 
 log = logging.getLogger(__name__)
 
-PROVIDER_ALIASES = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "trt": "TensorrtExecutionProvider",
-}
 
 
 def resolve_providers(requested: list[str] | None) -> list[str]:
@@ -26,7 +21,7 @@ def resolve_providers(requested: list[str] | None) -> list[str]:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    wanted = [PROVIDER_ALIASES.get(p.lower(), p) for p in (requested or ["cpu"])]
+    wanted = [PROVIDER_NAMES.get(p.lower(), p) for p in (requested or ["cpu"])]
     chosen = [p for p in wanted if p in available]
     missing = [p for p in wanted if p not in available]
     if missing:
@@ -35,15 +30,6 @@ def resolve_providers(requested: list[str] | None) -> list[str]:
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     return chosen
-
-
-def read_onnx_contract(path: Path) -> InferenceContract | None:
-    """The contract stored in the model's metadata_props, or None."""
-    import onnxruntime as ort
-
-    meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta()
-    text = meta.custom_metadata_map.get(CONTRACT_METADATA_KEY)
-    return InferenceContract.from_json(text) if text else None
 
 
 class OnnxBackend:
