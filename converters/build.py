@@ -95,9 +95,20 @@ def build(opts: BuildOptions, log=print) -> Path:
     from converters.export_onnx import check_input_size, export_onnx
     from converters.loading import load_model, save_checkpoint
     from converters.quantize_onnx import ImageFolderCalibrationReader, quantize_onnx
-    from converters.validate import (labeled_pairs, reference_frame, summary_for_manifest, torch_segmenter,
-                                     validate_models, write_reports)
-    from edge_agent.bundle.manifest import Manifest, Selftest, SourceInfo, ValidationSummary
+    from converters.validate import (
+        labeled_pairs,
+        reference_frame,
+        summary_for_manifest,
+        torch_segmenter,
+        validate_models,
+        write_reports,
+    )
+    from edge_agent.bundle.manifest import (
+        Manifest,
+        Selftest,
+        SourceInfo,
+        ValidationSummary,
+    )
     from edge_agent.bundle.pack import artifact_entry, pack_archive, write_manifest
 
     signer = None

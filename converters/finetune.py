@@ -43,7 +43,13 @@ def finetune(model, data_dirs: list[str | Path], contract: InferenceContract, ep
     from tqdm import tqdm
 
     from reference_model.dataset import Augmenter
-    from reference_model.train import LabeledSet, crack_loss, lr_at, normalize_batch, validate
+    from reference_model.train import (
+        LabeledSet,
+        crack_loss,
+        lr_at,
+        normalize_batch,
+        validate,
+    )
 
     if epochs < 1 and not minutes and not max_steps:
         raise ConvertError("fine-tune needs a budget: --finetune-epochs >= 1 or --finetune-minutes > 0")

@@ -10,15 +10,15 @@ user says ``--trust-pickle``.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_agent.detectors.contract import InferenceContract
 from converters.errors import CheckpointError
+from edge_agent.detectors.contract import InferenceContract
+from edge_agent.util.files import sha256_file
 
 REFERENCE_ARCH = "reference_model.network:build_reference_model"
 STRIDE_DEFAULT = 16
@@ -49,14 +49,6 @@ class LoadedModel:
     def is_eager(self) -> bool:
         """True for a plain nn.Module with known parameters (prunable and fine-tunable)."""
         return self.kind in ("checkpoint", "state_dict", "pickled_module")
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_factory(spec: str):
@@ -183,7 +175,7 @@ def load_model(path: str | Path, arch: str | None = None, arch_config: dict | No
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     if path.suffix.lower() == ".onnx":
         return _load_onnx(path, digest)
     names = _zip_names(path)

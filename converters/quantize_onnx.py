@@ -149,7 +149,12 @@ ACTIVATION_TYPES = ("uint8", "int8")
 def quantize_onnx(fp32_path: str | Path, out_path: str | Path, reader: CalibrationReader,
                   per_channel: bool = True, activation_type: str = "uint8", progress: bool = True) -> Path:
     """INT8 QDQ model from ``fp32_path``, calibrated with ``reader``; the contract metadata is kept."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
     from tqdm import tqdm
 

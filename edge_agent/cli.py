@@ -49,7 +49,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 # -- segment ---------------------------------------------------------------------------
 def cmd_segment(args: argparse.Namespace) -> int:
     from edge_agent.detectors import open_model
-    from edge_agent.imageio import ImageReadError, list_images, overlay_mask, read_image, write_image
+    from edge_agent.imageio import (
+        ImageReadError,
+        list_images,
+        overlay_mask,
+        read_image,
+        write_image,
+    )
 
     files = list_images(Path(args.input))
     seg = open_model(args.model, backend=args.backend, threads=args.threads, threshold=args.threshold,

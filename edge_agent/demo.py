@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import time
 import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as paho

@@ -17,6 +17,7 @@ from edge_agent.video.synthetic import write_image_folder, write_survey_video
 from tests.agent_run import DEVICE, agent, finish, write_config
 from tests.schemas import validate_message
 
+
 def detections_by_frame(sub) -> dict[int, list[dict]]:
     frames: dict[int, list[dict]] = {}
     for m in sub.matching(topic=f"crackseg/{DEVICE}/detections"):

@@ -14,7 +14,14 @@ import pytest
 
 from edge_agent.video.synthetic import write_image_folder
 from tests.agent_run import DEVICE, agent, write_config
-from tests.test_updates_store import SERVICE_HW, build_archive, flip_byte, make_keys, sha256_of, tiny_onnx
+from tests.test_updates_store import (
+    SERVICE_HW,
+    build_archive,
+    flip_byte,
+    make_keys,
+    sha256_of,
+    tiny_onnx,
+)
 
 
 def events(sub, predicate=None):

@@ -11,10 +11,10 @@ import urllib.request
 
 import pytest
 
-from tests.media import MjpegServer
-from tests.test_notify import FakeManager
-from tests.mosquitto import free_port
 from tests.agent_run import DEVICE, agent, write_config
+from tests.media import MjpegServer
+from tests.mosquitto import free_port
+from tests.test_notify import FakeManager
 
 
 class NotifySocket(FakeManager):

@@ -13,8 +13,15 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.bundle import (BundleError, Manifest, SourceInfo, artifact_entry, load_bundle, pack_archive,
-                               write_manifest)
+from edge_agent.bundle import (
+    BundleError,
+    Manifest,
+    SourceInfo,
+    artifact_entry,
+    load_bundle,
+    pack_archive,
+    write_manifest,
+)
 from edge_agent.bundle.manifest import version_key
 from edge_agent.detectors.contract import InferenceContract
 from tests.tiny_models import export_onnx, tiny_torch_model

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import AgentConfig, ConfigError, SecretError, check_config_main, load_config, read_secret
+from edge_agent.config import (
+    AgentConfig,
+    ConfigError,
+    SecretError,
+    check_config_main,
+    load_config,
+    read_secret,
+)
 
 DEVICE_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "device_configs").glob("*.yaml"))
 ISSUE_RE = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+): (?P<key>\S+): (?P<msg>.+)$")

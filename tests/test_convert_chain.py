@@ -128,7 +128,7 @@ def test_bundle_verifies_signed_and_runs_selftest(chain):
     assert (m.name, m.version, m.schema_version) == ("tiny", "1.2.3", 1)
     assert {(a.format, a.precision) for a in m.artifacts} == {("onnx", "fp32"), ("onnx", "int8"),
                                                                 ("tflite", "fp32"), ("tflite", "int8")}
-    assert m.source.checkpoint_sha256 == __import__("converters.loading", fromlist=["x"]).sha256_of(
+    assert m.source.checkpoint_sha256 == __import__("edge_agent.util.files", fromlist=["x"]).sha256_file(
         chain["checkpoint"])
     assert m.validation is not None and m.validation.passed and m.created.tzinfo is not None
     results = run_selftest(bundle)
@@ -198,7 +198,11 @@ def test_gate_compares_int8_with_fp32_of_the_same_format():
 
 
 def test_calibration_reader_uses_runtime_tiles_from_the_train_split(chain):
-    from converters.quantize_onnx import CalibrationReader, ImageFolderCalibrationReader, iter_batches
+    from converters.quantize_onnx import (
+        CalibrationReader,
+        ImageFolderCalibrationReader,
+        iter_batches,
+    )
     from edge_agent.evaluation.split import split_of
 
     contract = InferenceContract(input_size=EXPORT_HW)

@@ -13,8 +13,13 @@ import pytest
 from pydantic import ValidationError
 
 from edge_agent.config.measurement import MeasurementConfig
-from edge_agent.measure import CrackMeasurer, CrackType, MaskError, measure_cracks
-from edge_agent.measure import geometry
+from edge_agent.measure import (
+    CrackMeasurer,
+    CrackType,
+    MaskError,
+    geometry,
+    measure_cracks,
+)
 
 H, W = 720, 1280
 

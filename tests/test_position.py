@@ -16,8 +16,16 @@ import pytest
 from pydantic import ValidationError
 
 from edge_agent.config.position import PositionConfig
-from edge_agent.position import (FixedPositionProvider, GpsdProvider, NmeaParser, NmeaSerialProvider,
-                                 NoPositionProvider, PositionFix, PositionProvider, create_position_provider)
+from edge_agent.position import (
+    FixedPositionProvider,
+    GpsdProvider,
+    NmeaParser,
+    NmeaSerialProvider,
+    NoPositionProvider,
+    PositionFix,
+    PositionProvider,
+    create_position_provider,
+)
 from edge_agent.position.nmea import KNOTS_TO_MPS, checksum
 
 LAT, LON = 48.1173, 11.516666666666667  # 4807.038 N, 01131.000 E

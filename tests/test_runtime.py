@@ -1,6 +1,5 @@
 """The inference runtime on real exported models: agreement with torch, tiling, padding, errors."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest

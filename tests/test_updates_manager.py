@@ -24,7 +24,14 @@ from edge_agent.config.updates import UpdatesConfig
 from edge_agent.updates.audit import AuditLog
 from edge_agent.updates.manager import Settings, UpdateManager, model_loader
 from edge_agent.updates.watch import ServiceWatch, WatchRules
-from tests.test_updates_store import SERVICE_HW, build_archive, flip_byte, make_keys, sha256_of, tiny_onnx
+from tests.test_updates_store import (
+    SERVICE_HW,
+    build_archive,
+    flip_byte,
+    make_keys,
+    sha256_of,
+    tiny_onnx,
+)
 
 
 class Clock:

@@ -21,7 +21,15 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.bundle import Manifest, Selftest, SourceInfo, artifact_entry, file_entry, pack_archive, write_manifest
+from edge_agent.bundle import (
+    Manifest,
+    Selftest,
+    SourceInfo,
+    artifact_entry,
+    file_entry,
+    pack_archive,
+    write_manifest,
+)
 from edge_agent.detectors.contract import InferenceContract
 from edge_agent.updates.audit import AuditLog
 from edge_agent.updates.store import ModelStore, StoreError

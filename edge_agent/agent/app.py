@@ -18,7 +18,12 @@ import threading
 import time
 from pathlib import Path
 
-from edge_agent.agent.commands import Command, CommandError, CommandRegistry, require_number
+from edge_agent.agent.commands import (
+    Command,
+    CommandError,
+    CommandRegistry,
+    require_number,
+)
 from edge_agent.agent.health import HealthCollector
 from edge_agent.agent.pipeline import InferenceStage, ModelSlot, ReportStage
 from edge_agent.agent.reporter import Reporter
@@ -163,7 +168,9 @@ class Agent:
                                       self.segmented.qsize, limit, paused=self.inference.paused.is_set,
                                       extra=self._health_extra)
         if cfg.http.enabled:
-            from edge_agent.service.http import HealthServer  # prometheus-client only when served
+            from edge_agent.service.http import (
+                HealthServer,  # prometheus-client only when served
+            )
 
             self.http = HealthServer(cfg, self.health.flat)
             self.http.start()

@@ -4,12 +4,35 @@ The device side needs only numpy, pydantic and cryptography here (TFLite metadat
 needs ai-edge-litert); writing bundles is done by ``crackseg-convert``.
 """
 
-from edge_agent.bundle.loader import (Bundle, BundleError, SelftestResult, default_cache_dir, load_bundle,
-                                      run_selftest, verify_bundle_dir)
-from edge_agent.bundle.manifest import (MANIFEST_NAME, SCHEMA_VERSION, SIGNATURE_NAME, ArtifactEntry, FileEntry,
-                                        Manifest, Selftest, SelftestTolerance, SourceInfo, ValidationEntry,
-                                        ValidationSummary)
-from edge_agent.bundle.pack import PackError, artifact_entry, file_entry, pack_archive, write_manifest
+from edge_agent.bundle.loader import (
+                                      Bundle,
+                                      BundleError,
+                                      SelftestResult,
+                                      default_cache_dir,
+                                      load_bundle,
+                                      run_selftest,
+                                      verify_bundle_dir,
+)
+from edge_agent.bundle.manifest import (
+                                      MANIFEST_NAME,
+                                      SCHEMA_VERSION,
+                                      SIGNATURE_NAME,
+                                      ArtifactEntry,
+                                      FileEntry,
+                                      Manifest,
+                                      Selftest,
+                                      SelftestTolerance,
+                                      SourceInfo,
+                                      ValidationEntry,
+                                      ValidationSummary,
+)
+from edge_agent.bundle.pack import (
+                                      PackError,
+                                      artifact_entry,
+                                      file_entry,
+                                      pack_archive,
+                                      write_manifest,
+)
 from edge_agent.bundle.signing import SignatureError, load_public_key
 
 __all__ = ["ArtifactEntry", "Bundle", "BundleError", "FileEntry", "MANIFEST_NAME", "Manifest", "PackError",

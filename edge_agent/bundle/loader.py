@@ -28,11 +28,18 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from pydantic import ValidationError
 
-from edge_agent.bundle.manifest import (CHECKSUM_NAME, MANIFEST_NAME, SIGNATURE_NAME, SUPPORTED_SCHEMA_VERSIONS,
-                                        ArtifactEntry, Manifest)
-from edge_agent.bundle.pack import archive_kind, sha256_file
+from edge_agent.bundle.manifest import (
+    CHECKSUM_NAME,
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    SUPPORTED_SCHEMA_VERSIONS,
+    ArtifactEntry,
+    Manifest,
+)
+from edge_agent.bundle.pack import archive_kind
 from edge_agent.bundle.signing import PublicKeyLike, SignatureError, verify_manifest
 from edge_agent.detectors.contract import InferenceContract
+from edge_agent.util.files import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -16,23 +16,22 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from edge_agent.bundle.manifest import (CHECKSUM_NAME, MANIFEST_NAME, SIGNATURE_NAME, ArtifactEntry, FileEntry,
-                                        Manifest)
+from edge_agent.bundle.manifest import (
+    CHECKSUM_NAME,
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    ArtifactEntry,
+    FileEntry,
+    Manifest,
+)
 from edge_agent.bundle.signing import encode_signature
+from edge_agent.util.files import sha256_file
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
 class PackError(ValueError):
     """The bundle cannot be written as asked (bad output name, missing file)."""
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_entry(root: str | Path, rel: str) -> FileEntry:

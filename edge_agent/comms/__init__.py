@@ -9,7 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from edge_agent.comms.base import Command, CommandError, CommandHandler, Communicator, CommsStats
+from edge_agent.comms.base import (
+    Command,
+    CommandError,
+    CommandHandler,
+    CommsStats,
+    Communicator,
+)
 from edge_agent.comms.envelope import EnvelopeError
 from edge_agent.comms.outbox import Outbox, OutboxEntry, OutboxError, OutboxStats
 from edge_agent.comms.topics import TopicError, Topics

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import uuid
 from collections.abc import Mapping
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from enum import Enum
 from pathlib import PurePath
 from typing import Any
+
+from edge_agent.util import timestamps
 
 SCHEMA_VERSION = 1
 ENVELOPE_FIELDS = ("schema_version", "msg_id", "seq", "device_id", "ts", "sent_ts")
@@ -42,21 +43,11 @@ def new_msg_id() -> str:
 
 
 def iso_utc(ts: float | datetime) -> str:
-    """Epoch seconds or an aware datetime -> ``2024-05-01T09:30:12.345Z``.
-
-    Naive datetimes are refused: on a vehicle computer the local zone is often wrong or
-    unset, and an hour's error in a survey timestamp puts cracks on the wrong road.
-    """
-    if isinstance(ts, datetime):
-        if ts.tzinfo is None or ts.utcoffset() is None:
-            raise EnvelopeError(f"timestamp {ts.isoformat()} has no timezone; pass epoch seconds or an aware "
-                                "datetime (e.g. datetime.now(timezone.utc))")
-        dt = ts.astimezone(timezone.utc)
-    elif isinstance(ts, (int, float)) and not isinstance(ts, bool) and math.isfinite(ts):
-        dt = datetime.fromtimestamp(float(ts), tz=timezone.utc)
-    else:
-        raise EnvelopeError(f"timestamp {ts!r} must be epoch seconds (float) or an aware datetime")
-    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """``util.timestamps.iso_utc`` with its refusal as an EnvelopeError (a payload problem)."""
+    try:
+        return timestamps.iso_utc(ts)
+    except ValueError as exc:
+        raise EnvelopeError(str(exc)) from None
 
 
 def wrap(payload: Mapping[str, Any], *, device_id: str, seq: int, ts: float | datetime, sent_ts: float,

@@ -34,7 +34,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_agent.comms import envelope, topics
-from edge_agent.comms.base import Command, CommandError, CommandHandler, Communicator, CommsStats
+from edge_agent.comms.base import (
+    Command,
+    CommandError,
+    CommandHandler,
+    CommsStats,
+    Communicator,
+)
 from edge_agent.comms.envelope import EnvelopeError
 from edge_agent.comms.outbox import Outbox, OutboxEntry
 from edge_agent.comms.topics import TopicError, Topics

@@ -18,7 +18,12 @@ from edge_agent.config.loader import (
     model_public_key,
     read_secret,
 )
-from edge_agent.config.sections import HealthConfig, HttpConfig, LoggingConfig, ModelConfig
+from edge_agent.config.sections import (
+    HealthConfig,
+    HttpConfig,
+    LoggingConfig,
+    ModelConfig,
+)
 
 __all__ = ["AgentConfig", "ConfigError", "ConfigIssue", "HealthConfig", "HttpConfig", "LoggingConfig", "ModelConfig",
            "SecretError", "check_config_main", "credential_path", "load_config", "model_public_key", "read_secret"]

@@ -15,7 +15,6 @@ from edge_agent.config.camera import CameraConfig
 from edge_agent.config.measurement import MeasurementConfig
 from edge_agent.config.mqtt import MqttConfig
 from edge_agent.config.position import PositionConfig
-from edge_agent.config.updates import UpdatesConfig
 from edge_agent.config.reporting import ReportingConfig
 from edge_agent.config.sections import (
     ConfigPath,
@@ -26,6 +25,7 @@ from edge_agent.config.sections import (
     default_state_dir,
     validate_device_id,
 )
+from edge_agent.config.updates import UpdatesConfig
 
 
 def _default_device_id() -> str:

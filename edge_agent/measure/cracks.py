@@ -21,7 +21,12 @@ import numpy as np
 
 from edge_agent.config.measurement import MeasurementConfig
 from edge_agent.measure import geometry
-from edge_agent.measure.classify import CrackType, classify_crack, count_branch_points, count_loops
+from edge_agent.measure.classify import (
+    CrackType,
+    classify_crack,
+    count_branch_points,
+    count_loops,
+)
 from edge_agent.measure.severity import Severity, classify_severity
 
 SPUR_MARGIN_PX = 2  # spurs up to the crack's half-width plus this are pruned (geometry.prune_spurs)

@@ -6,10 +6,21 @@ provider answers ``latest()`` with a ``PositionFix`` whose age is computed at re
 
 from __future__ import annotations
 
-from edge_agent.config.position import (FixedPositionConfig, GpsdPositionConfig, NmeaPositionConfig,
-                                        NoPositionConfig, PositionConfig)
-from edge_agent.position.base import (NoPositionProvider, PositionError, PositionFix, PositionProvider,
-                                      PositionUnavailableError, no_fix)
+from edge_agent.config.position import (
+    FixedPositionConfig,
+    GpsdPositionConfig,
+    NmeaPositionConfig,
+    NoPositionConfig,
+    PositionConfig,
+)
+from edge_agent.position.base import (
+    NoPositionProvider,
+    PositionError,
+    PositionFix,
+    PositionProvider,
+    PositionUnavailableError,
+    no_fix,
+)
 from edge_agent.position.fixed import FixedPositionProvider
 from edge_agent.position.gpsd import GpsdProvider
 from edge_agent.position.nmea import NmeaParser, NmeaSerialProvider

@@ -18,7 +18,13 @@ from dataclasses import replace
 from datetime import datetime
 
 from edge_agent.config.position import GpsdPositionConfig
-from edge_agent.position.base import Backoff, FixMode, FixQuality, PositionFix, PositionProvider
+from edge_agent.position.base import (
+    Backoff,
+    FixMode,
+    FixQuality,
+    PositionFix,
+    PositionProvider,
+)
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,14 @@ from datetime import date, datetime, time, timezone
 from functools import reduce
 
 from edge_agent.config.position import NmeaPositionConfig
-from edge_agent.position.base import (Backoff, FixMode, FixQuality, PositionFix, PositionProvider,
-                                      PositionUnavailableError)
+from edge_agent.position.base import (
+    Backoff,
+    FixMode,
+    FixQuality,
+    PositionFix,
+    PositionProvider,
+    PositionUnavailableError,
+)
 
 log = logging.getLogger(__name__)
 

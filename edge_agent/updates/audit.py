@@ -15,17 +15,15 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from edge_agent.util.files import append_line_synced
+from edge_agent.util.timestamps import iso_utc
 
 log = logging.getLogger("edge_agent.audit")
 
 AUDIT_NAME = "audit.jsonl"
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class AuditLog:
@@ -39,19 +37,14 @@ class AuditLog:
     def write(self, event: str, outcome: str, origin: str | None = None, **fields: Any) -> dict:
         """Record one event; ``outcome`` is a short word (ok, refused, failed, rolled_back...)."""
         now = time.time()
-        record = {"time": _iso(now), "ts": round(now, 3), "event": event, "origin": origin or "unknown",
+        record = {"time": iso_utc(now), "ts": round(now, 3), "event": event, "origin": origin or "unknown",
                   "outcome": outcome, **fields}
         line = json.dumps(record, default=str, separators=(",", ":"), ensure_ascii=False) + "\n"
         log.info("audit %s", line.rstrip("\n"))
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._rotate_if_needed(len(line))
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, line.encode("utf-8"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_line_synced(self.path, line)
         return record
 
     def write_command(self, record: dict) -> dict:

@@ -27,9 +27,16 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
-from edge_agent.updates.store import UpdateError, fsync_path, kill_point, write_file_synced
+from edge_agent.updates.store import (
+    UpdateError,
+    fsync_path,
+    kill_point,
+    write_file_synced,
+)
+from edge_agent.util.files import sha256_file
+from edge_agent.util.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +56,6 @@ class DownloadError(UpdateError):
 
 class TransferError(UpdateError):
     """A ``model-chunk`` command that cannot be accepted (the chunks received so far are kept)."""
-
-
-def redact_url(url: str) -> str:
-    """The URL without user:password and query string (pre-signed URLs carry tokens there)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def archive_suffix(path: Path) -> str:
@@ -103,7 +98,7 @@ class DownloadArea:
         for p in self.root.glob(f"{sha256}.*"):
             if p.name.endswith(".part") or not p.is_file():
                 continue
-            if _sha256_file(p) == sha256:
+            if sha256_file(p) == sha256:
                 return p
             log.warning("%s does not match its name any more; deleting it", p)
             p.unlink(missing_ok=True)
@@ -243,14 +238,6 @@ class DownloadArea:
             raise DownloadError(f"{what}: connection failed ({exc})") from None
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 # -- chunked transfer over MQTT ------------------------------------------------------------
 def iter_chunk_commands(archive: str | Path, chunk_bytes: int = 192 * 1024, transfer_id: str | None = None,
                         version: str | None = None):
@@ -261,7 +248,7 @@ def iter_chunk_commands(archive: str | Path, chunk_bytes: int = 192 * 1024, tran
     """
     archive = Path(archive)
     size = archive.stat().st_size
-    sha256 = _sha256_file(archive)
+    sha256 = sha256_file(archive)
     count = max(1, -(-size // chunk_bytes))
     tid = transfer_id or f"t-{sha256[:16]}"
     with open(archive, "rb") as f:

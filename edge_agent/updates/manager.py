@@ -48,10 +48,10 @@ from edge_agent.updates.download import (
     FetchLimits,
     TransferError,
     check_sha256,
-    redact_url,
 )
 from edge_agent.updates.store import ModelStore, StoreError, UpdateError, kill_point
 from edge_agent.updates.watch import ServiceWatch, WatchDecision, WatchRules
+from edge_agent.util.urls import redact_url
 
 log = logging.getLogger(__name__)
 

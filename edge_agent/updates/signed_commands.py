@@ -33,7 +33,6 @@ import base64
 import binascii
 import json
 import logging
-import os
 import re
 import secrets
 import sys
@@ -45,10 +44,14 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from edge_agent.comms.base import Command, CommandError
 from edge_agent.updates.store import UpdateError, write_file_synced
+from edge_agent.util.files import append_line_synced
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +134,7 @@ class NonceStore:
                 self._compact()
                 return True
             line = json.dumps({"k": key_id, "n": nonce, "exp": expires}) + "\n"
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, line.encode("utf-8"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_line_synced(self.path, line)
             self._lines += 1
             return True
 

@@ -35,7 +35,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_agent.bundle import MANIFEST_NAME, SIGNATURE_NAME, Bundle, BundleError, load_bundle, verify_bundle_dir
+from edge_agent.bundle import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    Bundle,
+    BundleError,
+    load_bundle,
+    verify_bundle_dir,
+)
 from edge_agent.bundle.manifest import CHECKSUM_NAME, version_key
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,12 @@
 """Frame sources (V4L2, GStreamer, RTSP/HTTP, video file, image folder) and the capture loop that keeps
 the freshest timestamped frames flowing, with a stall watchdog and reconnects. See docs/cameras.md."""
 
-from edge_agent.video.capture import CaptureState, CaptureStats, FrameCapture, FrameRateLimiter
+from edge_agent.video.capture import (
+    CaptureState,
+    CaptureStats,
+    FrameCapture,
+    FrameRateLimiter,
+)
 from edge_agent.video.errors import (
     SourceNotFoundError,
     SourceOpenError,
@@ -9,7 +14,12 @@ from edge_agent.video.errors import (
     VideoBackendUnavailableError,
     VideoSourceError,
 )
-from edge_agent.video.factory import SourceSpec, capture_from_config, make_source, parse_source
+from edge_agent.video.factory import (
+    SourceSpec,
+    capture_from_config,
+    make_source,
+    parse_source,
+)
 from edge_agent.video.frame import EndOfStream, Frame, iso_utc
 from edge_agent.video.pipelines import jetson_csi_pipeline, libcamera_pipeline
 from edge_agent.video.sources import (

@@ -13,11 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-
-def iso_utc(epoch_s: float) -> str:
-    """RFC 3339 / ISO-8601 UTC with milliseconds and a ``Z`` suffix (what JSON schemas call date-time)."""
-    return datetime.fromtimestamp(epoch_s, tz=timezone.utc).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+from edge_agent.util.timestamps import iso_utc
 
 
 @dataclass(frozen=True, slots=True, eq=False)

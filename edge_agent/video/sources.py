@@ -20,12 +20,13 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
 
 from edge_agent.imageio import ImageReadError, list_images, read_image
+from edge_agent.util.urls import redact_url
 from edge_agent.video.errors import (
     EndOfSource,
     SourceNotFoundError,
@@ -66,20 +67,6 @@ def backend_available(api: int) -> bool:
         return False
     m = re.search(rf"^\s*{re.escape(label)}:\s*(\S+)", cv2.getBuildInformation(), re.MULTILINE)
     return bool(m and m.group(1).upper() == "YES")
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***, for names and logs (camera URLs often carry one)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 @dataclass(frozen=True, slots=True)
