@@ -64,7 +64,7 @@ def load_source(checkpoint: Path | None) -> SourceModel:
     if checkpoint is None:
         import torch
 
-        from edge_agent.detectors.contract import InferenceContract
+        from edge_agent.contract import InferenceContract
 
         torch.manual_seed(0)
         module = build_reference_model().eval()

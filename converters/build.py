@@ -74,15 +74,14 @@ def make_selftest(root: Path, image_bgr: np.ndarray, expected: np.ndarray, artif
     """Store the reference image and expected probabilities; measure each artifact's deviation."""
     from edge_agent.bundle.pack import file_entry
     from edge_agent.detectors.runtime import open_model
+    from edge_agent.detectors.selftest import deviation
     from edge_agent.imageio import write_image
 
     write_image(root / SELFTEST_IMAGE, image_bgr)
     np.save(root / SELFTEST_EXPECTED, expected.astype(np.float32), allow_pickle=False)
     tolerances = {}
     for path in artifacts.values():
-        seg = open_model(path, threads=threads)
-        diff = np.abs(seg.probabilities(image_bgr) - expected)
-        tolerances[path.name] = selftest_tolerance(float(diff.max()), float(diff.mean()))
+        tolerances[path.name] = selftest_tolerance(*deviation(open_model(path, threads=threads), image_bgr, expected))
     return {"image": file_entry(root, SELFTEST_IMAGE).model_dump(),
             "expected": file_entry(root, SELFTEST_EXPECTED).model_dump(),
             "reference": "torch-fp32", "tolerances": tolerances}
@@ -235,7 +234,7 @@ def build(opts: BuildOptions, log=print) -> Path:
 
 
 def _is_nhwc(path: Path) -> bool:
-    from edge_agent.bundle.tflite_metadata import read_contract
+    from edge_agent.detectors.backends.tflite_metadata import read_contract
 
     c = read_contract(path)
     return c is not None and c.layout == "NHWC"

@@ -229,7 +229,8 @@ def cmd_keygen(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from edge_agent.bundle import load_bundle, run_selftest
+    from edge_agent.bundle import load_bundle
+    from edge_agent.detectors.selftest import run_selftest
 
     bundle = load_bundle(args.bundle, public_key=args.public_key, require_signature=args.require_signature)
     sig = "signature OK" if bundle.signed else "not signed" if not (bundle.root / "manifest.sig").exists() \
@@ -392,7 +393,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from converters.errors import ConvertError
     from edge_agent.bundle import BundleError, PackError
     from edge_agent.bundle.signing import SignatureError
-    from edge_agent.bundle.tflite_metadata import TFLiteMetadataError
+    from edge_agent.detectors.backends.tflite_metadata import TFLiteMetadataError
     from edge_agent.detectors.errors import ModelError
     from edge_agent.imageio import ImageReadError
 

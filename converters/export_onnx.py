@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from converters.errors import ConvertError
-from edge_agent.detectors.contract import CONTRACT_METADATA_KEY, InferenceContract
+from edge_agent.contract import CONTRACT_METADATA_KEY, InferenceContract
 
 OPSET = 17
 INPUT_NAME = "image"

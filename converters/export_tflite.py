@@ -24,8 +24,8 @@ import numpy as np
 
 from converters.errors import ConvertError
 from converters.quantize_onnx import CalibrationReader, iter_batches
-from edge_agent.bundle.tflite_metadata import read_contract, write_contract
-from edge_agent.detectors.contract import InferenceContract
+from edge_agent.contract import InferenceContract
+from edge_agent.detectors.backends.tflite_metadata import read_contract, write_contract
 
 TFLITE_INT8 = 9  # schema TensorType.INT8
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.errors import ConvertError
-from edge_agent.detectors.contract import InferenceContract
+from edge_agent.contract import InferenceContract
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from converters.errors import CheckpointError
-from edge_agent.detectors.contract import InferenceContract
+from edge_agent.contract import InferenceContract
 from edge_agent.util.files import sha256_file
 
 REFERENCE_ARCH = "reference_model.network:build_reference_model"
@@ -218,7 +218,7 @@ def load_model(path: str | Path, arch: str | None = None, arch_config: dict | No
 def _load_onnx(path: Path, digest: str) -> LoadedModel:
     import onnx
 
-    from edge_agent.detectors.contract import CONTRACT_METADATA_KEY
+    from edge_agent.contract import CONTRACT_METADATA_KEY
 
     try:
         proto = onnx.load(str(path), load_external_data=False)

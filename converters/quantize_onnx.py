@@ -27,7 +27,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from converters.errors import ConvertError
-from edge_agent.detectors.contract import InferenceContract
+from edge_agent.contract import InferenceContract
 
 
 @runtime_checkable

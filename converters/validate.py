@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.errors import ConvertError
-from edge_agent.detectors.contract import InferenceContract
+from edge_agent.contract import InferenceContract
 
 VARIANT_ORDER = ("torch-fp32", "onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8")
 

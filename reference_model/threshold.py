@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_agent.detectors.contract import InferenceContract
+from edge_agent.contract import InferenceContract
 from edge_agent.evaluation.metrics import ScoreAccumulator
 from reference_model.network import build_reference_model
 from reference_model.train import LabeledSet, predict_probabilities

@@ -61,7 +61,7 @@ def train_tiny_checkpoint(path: Path, data: Path, steps: int = 60, seed: int = 0
     import torch
 
     from converters.finetune import finetune
-    from edge_agent.detectors.contract import InferenceContract
+    from edge_agent.contract import InferenceContract
     from reference_model.network import build_reference_model
 
     torch.manual_seed(seed)

@@ -23,7 +23,7 @@ from edge_agent.bundle import (
     write_manifest,
 )
 from edge_agent.bundle.manifest import version_key
-from edge_agent.detectors.contract import InferenceContract
+from edge_agent.contract import InferenceContract
 from tests.tiny_models import export_onnx, tiny_torch_model
 
 SIZE = (64, 96)

@@ -12,10 +12,11 @@ import onnx
 import pytest
 
 from converters.errors import ConvertError
-from edge_agent.bundle import BundleError, load_bundle, run_selftest
-from edge_agent.bundle.tflite_metadata import read_contract
+from edge_agent.bundle import BundleError, load_bundle
+from edge_agent.contract import CONTRACT_METADATA_KEY, InferenceContract
 from edge_agent.detectors import open_model
-from edge_agent.detectors.contract import CONTRACT_METADATA_KEY, InferenceContract
+from edge_agent.detectors.backends.tflite_metadata import read_contract
+from edge_agent.detectors.selftest import run_selftest
 from tests.convert_fixtures import EXPORT_HW, tiny_chain
 
 

@@ -106,7 +106,7 @@ def test_arbitrary_pickle_is_refused_unless_trusted(tmp_path, model, x):
 
 def test_onnx_source_skips_torch_steps(tmp_path, model):
     from converters.export_onnx import export_onnx
-    from edge_agent.detectors.contract import InferenceContract
+    from edge_agent.contract import InferenceContract
 
     path = export_onnx(model, tmp_path / "m.onnx", InferenceContract(threshold=0.3), (32, 48))
     loaded = load_model(path)
@@ -157,7 +157,7 @@ def test_cli_user_errors_are_one_line(tmp_path):
 
 def test_export_onnx_refuses_sizes_off_the_stride(tmp_path, model):
     from converters.export_onnx import export_onnx
-    from edge_agent.detectors.contract import InferenceContract
+    from edge_agent.contract import InferenceContract
 
     with pytest.raises(ConvertError, match="multiple of the model stride 16"):
         export_onnx(model, tmp_path / "m.onnx", InferenceContract(), (30, 48))

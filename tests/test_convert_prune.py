@@ -68,7 +68,7 @@ def test_pruned_checkpoint_reloads_with_its_shapes(tmp_path, model):
 
 def test_finetune_runs_on_labeled_folder_and_picks_threshold(model):
     from converters.finetune import finetune
-    from edge_agent.detectors.contract import InferenceContract
+    from edge_agent.contract import InferenceContract
 
     data = tiny_data()["data"]
     pruned, _ = prune_model(model, 0.5, (64, 96))

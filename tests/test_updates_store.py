@@ -30,7 +30,7 @@ from edge_agent.bundle import (
     pack_archive,
     write_manifest,
 )
-from edge_agent.detectors.contract import InferenceContract
+from edge_agent.contract import InferenceContract
 from edge_agent.updates.audit import AuditLog
 from edge_agent.updates.store import ModelStore, StoreError
 from tests.convert_fixtures import synthetic_pavement

@@ -32,7 +32,7 @@ def export_onnx(model, path: Path, input_size: tuple[int, int] | None, threshold
     import onnx
     import torch
 
-    from edge_agent.detectors.contract import CONTRACT_METADATA_KEY, InferenceContract
+    from edge_agent.contract import CONTRACT_METADATA_KEY, InferenceContract
 
     h, w = input_size or (64, 96)
     kwargs = {} if input_size else {"dynamic_axes": {"image": {2: "h", 3: "w"}, "logits": {2: "h", 3: "w"}}}
@@ -51,7 +51,7 @@ def torch_probabilities(model, frame_bgr: np.ndarray) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    from edge_agent.detectors.contract import IMAGENET_MEAN, IMAGENET_STD
+    from edge_agent.contract import IMAGENET_MEAN, IMAGENET_STD
 
     rgb = frame_bgr[..., ::-1].astype(np.float32)
     x = (rgb - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)

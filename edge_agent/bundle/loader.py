@@ -38,7 +38,7 @@ from edge_agent.bundle.manifest import (
 )
 from edge_agent.bundle.pack import archive_kind
 from edge_agent.bundle.signing import PublicKeyLike, SignatureError, verify_manifest
-from edge_agent.detectors.contract import InferenceContract
+from edge_agent.contract import InferenceContract
 from edge_agent.util.files import sha256_file
 
 log = logging.getLogger(__name__)
@@ -49,24 +49,6 @@ CACHE_ENV = "CRACKSEG_BUNDLE_CACHE"
 
 class BundleError(Exception):
     """The bundle cannot be trusted or used; the message names the file and what to do."""
-
-
-@dataclass
-class SelftestResult:
-    file: str
-    backend: str
-    precision: str
-    max_abs: float
-    mean_abs: float
-    max_abs_allowed: float
-    mean_abs_allowed: float
-
-    @property
-    def passed(self) -> bool:
-        return self.max_abs <= self.max_abs_allowed and self.mean_abs <= self.mean_abs_allowed
-
-    def to_dict(self) -> dict:
-        return {**self.__dict__, "passed": self.passed}
 
 
 @dataclass
@@ -131,48 +113,6 @@ class Bundle:
             raise BundleError(f"{self.root / st.expected.file}: shape {expected.shape} does not match the "
                               f"selftest image {image.shape[:2]}")
         return image, expected
-
-
-def run_selftest(bundle: Bundle, backend: str | None = None, precision: str | None = None,
-                 threads: int | None = None) -> list[SelftestResult]:
-    """Run artifacts on the stored reference image and compare with the expected output.
-
-    With neither ``backend`` nor ``precision`` every artifact is checked; backends that are
-    not installed here (e.g. no TFLite interpreter) are skipped with a log line.
-    """
-    from edge_agent.detectors.errors import BackendUnavailableError
-
-    image, expected = bundle.selftest_data()
-    st = bundle.manifest.selftest
-    assert st is not None
-    entries = [a for a in bundle.manifest.artifacts if (backend is None or a.format == backend)
-               and (precision is None or a.precision == precision)]
-    if not entries:
-        raise BundleError(f"{bundle.root}: no artifact matches backend={backend} precision={precision}")
-    results = []
-    for entry in entries:
-        tol = st.tolerances.get(entry.file)
-        if tol is None:
-            raise BundleError(f"{bundle.root / MANIFEST_NAME}: selftest has no tolerance for {entry.file}; "
-                              "rebuild the bundle")
-        try:
-            seg = _open_artifact(bundle, entry, threads)
-        except BackendUnavailableError as exc:
-            if backend is None:
-                log.warning("selftest of %s skipped: %s", entry.file, exc)
-                continue
-            raise
-        diff = np.abs(seg.probabilities(image) - expected)
-        results.append(SelftestResult(entry.file, entry.format, entry.precision, float(diff.max()),
-                                      float(diff.mean()), tol.max_abs, tol.mean_abs))
-    return results
-
-
-def _open_artifact(bundle: Bundle, entry: ArtifactEntry, threads: int | None):
-    """A Segmenter for one artifact file (its embedded contract equals the bundle's, per artifact)."""
-    from edge_agent.detectors.runtime import open_model
-
-    return open_model(bundle.root / entry.file, backend=entry.format, threads=threads)
 
 
 # -- verification ------------------------------------------------------------------------

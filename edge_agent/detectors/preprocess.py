@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edge_agent.detectors.contract import InferenceContract
+from edge_agent.contract import InferenceContract
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_agent.detectors.contract import InferenceContract
+from edge_agent.contract import InferenceContract
 from edge_agent.detectors.errors import ModelError
 from edge_agent.detectors.preprocess import Preprocessor
 

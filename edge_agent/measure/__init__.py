@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from edge_agent.measure.classify import CrackType
 from edge_agent.measure.cracks import (
-           CrackMeasurement,
-           CrackMeasurer,
-           MaskError,
-           measure_cracks,
+    CrackMeasurement,
+    CrackMeasurer,
+    MaskError,
+    measure_cracks,
 )
 from edge_agent.measure.severity import Severity, classify_severity
 from edge_agent.measure.tracking import CrackTracker, Track, TrackedCrack

@@ -35,12 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge_agent.bundle import Bundle
+from edge_agent.bundle import Bundle, BundleError
 from edge_agent.comms.base import Command, CommandError
 from edge_agent.config.updates import UpdatesConfig
+from edge_agent.detectors.selftest import SelftestError, check_segmenter
 from edge_agent.updates.audit import AUDIT_NAME, AuditLog
 from edge_agent.updates.download import (
     ChunkAssembler,
@@ -149,36 +149,11 @@ def model_loader(model_cfg: Any, environ: Mapping[str, str] | None = None) -> Ca
 
 
 def selftest_segmenter(seg: Any, bundle: Bundle) -> dict:
-    """Run the loaded model on the bundle's reference image; UpdateError unless within tolerance.
-
-    The check runs on the very Segmenter that will be swapped in (this device's backend,
-    threads and providers), not on a separately opened copy.
-    """
-    if bundle.manifest.selftest is None:
-        raise UpdateError(f"bundle {bundle.name} {bundle.version} has no selftest section, so it cannot be checked "
-                          "on the device before switching; rebuild it with 'crackseg-convert build'")
-    st = bundle.manifest.selftest
-    artifact = os.path.relpath(Path(seg.info.path).resolve(), Path(bundle.root).resolve()).replace(os.sep, "/")
-    tol = st.tolerances.get(artifact)
-    if tol is None:
-        raise UpdateError(f"bundle {bundle.name} {bundle.version}: the selftest has no tolerance for {artifact} "
-                          "(the artifact this device runs); rebuild the bundle")
+    """The selftest of the segmenter about to be swapped in, as an UpdateError when it fails."""
     try:
-        image, expected = bundle.selftest_data()
-        prob = np.asarray(seg.probabilities(image), dtype=np.float32)
-    except Exception as exc:
-        raise UpdateError(f"selftest of {artifact} failed to run on this device: {exc}") from None
-    if prob.shape != expected.shape:
-        raise UpdateError(f"selftest of {artifact}: output shape {prob.shape}, expected {expected.shape}")
-    diff = np.abs(prob - expected)
-    result = {"artifact": artifact, "backend": seg.info.backend, "precision": seg.info.precision,
-              "max_abs": round(float(diff.max()), 6), "mean_abs": round(float(diff.mean()), 6),
-              "max_abs_allowed": tol.max_abs, "mean_abs_allowed": tol.mean_abs}
-    if not np.isfinite(diff).all() or result["max_abs"] > tol.max_abs or result["mean_abs"] > tol.mean_abs:
-        raise UpdateError(f"selftest failed: {artifact} on {seg.info.backend} differs from the reference output by "
-                          f"max {result['max_abs']:.4f} (allowed {tol.max_abs:.4f}), mean {result['mean_abs']:.4f} "
-                          f"(allowed {tol.mean_abs:.4f}); the model does not behave here as it did when built")
-    return result
+        return check_segmenter(seg, bundle).to_dict()
+    except (SelftestError, BundleError) as exc:
+        raise UpdateError(str(exc)) from None
 
 
 @dataclass

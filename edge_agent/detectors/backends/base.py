@@ -6,7 +6,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edge_agent.detectors.contract import InferenceContract
+from edge_agent.contract import InferenceContract
 
 
 def layout_from_shape(shape: list | tuple, channels: int = 3) -> str | None:

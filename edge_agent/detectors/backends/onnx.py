@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.config.sections import PROVIDER_NAMES
+from edge_agent.contract import CONTRACT_METADATA_KEY, InferenceContract
 from edge_agent.detectors.backends.base import layout_from_shape
-from edge_agent.detectors.contract import CONTRACT_METADATA_KEY, InferenceContract
+from edge_agent.detectors.backends.providers import PROVIDER_NAMES
 from edge_agent.detectors.errors import BackendUnavailableError, ModelError
 
 log = logging.getLogger(__name__)

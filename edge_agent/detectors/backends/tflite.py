@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent.contract import InferenceContract
 from edge_agent.detectors.backends.base import layout_from_shape
-from edge_agent.detectors.contract import InferenceContract
 from edge_agent.detectors.errors import BackendUnavailableError, ModelError
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class TFLiteBackend:
                              f"{len(inputs)} and {len(outputs)}")
         self._in, self._out = inputs[0], outputs[0]
         if contract is None:
-            from edge_agent.bundle.tflite_metadata import read_contract
+            from edge_agent.detectors.backends.tflite_metadata import read_contract
 
             contract = read_contract(path)
             if contract is None:

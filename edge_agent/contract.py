@@ -1,5 +1,8 @@
 """The inference contract: how a model wants its frames and what its output means.
 
+A leaf module on purpose: the converter writes it, the bundle manifest carries it and the
+detectors read it, so none of those packages has to import another to share it.
+
 It travels with the model (ONNX metadata, TFLite metadata, bundle manifest) so that the
 runtime never guesses. One preprocessing implementation (``preprocess.py``) is driven by it.
 """

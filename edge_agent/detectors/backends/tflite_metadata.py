@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.detectors.contract import CONTRACT_METADATA_KEY, InferenceContract
+from edge_agent.contract import CONTRACT_METADATA_KEY, InferenceContract
 
 TFLITE_FILE_IDENTIFIER = b"TFL3"
 
