@@ -10,6 +10,8 @@ video file), ``mqtt`` (a local mosquitto and the outbox throughput), ``plots`` a
 
 from __future__ import annotations
 
+from edge_agent.errors import UserError
 
-class BenchError(Exception):
+
+class BenchError(UserError):
     """A benchmark cannot run as asked; the message says what to fix (printed as one line)."""

@@ -12,8 +12,9 @@ import os
 import sys
 from pathlib import Path
 
+from edge_agent.errors import EXIT_USER_ERROR, UserError
+
 EXIT_GATE_FAILED = 1
-EXIT_USER_ERROR = 2
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -389,18 +390,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from converters.errors import ConvertError
-    from edge_agent.bundle import BundleError, PackError
-    from edge_agent.bundle.signing import SignatureError
-    from edge_agent.detectors.backends.tflite_metadata import TFLiteMetadataError
-    from edge_agent.detectors.errors import ModelError
-    from edge_agent.imageio import ImageReadError
-
-    return (ConvertError, BundleError, PackError, SignatureError, TFLiteMetadataError, ModelError, ImageReadError,
-            FileNotFoundError)
-
-
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
@@ -411,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationFailed as exc:
         print(f"crackseg-convert: {exc}", file=sys.stderr)
         return EXIT_GATE_FAILED
-    except _user_errors() as exc:
+    except (UserError, FileNotFoundError) as exc:
         print(f"crackseg-convert: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
 

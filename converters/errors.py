@@ -1,7 +1,9 @@
 """Errors of the converter, each worded for the person running ``crackseg-convert``."""
 
+from edge_agent.errors import UserError
 
-class ConvertError(Exception):
+
+class ConvertError(UserError):
     """A conversion step cannot go on; the message names the problem and what to do."""
 
 

@@ -12,38 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-EXIT_USER_ERROR = 2
-
-
-class UserError(Exception):
-    """Raised for problems the user can fix; printed as one line."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from edge_agent.detectors.errors import ModelError
-    from edge_agent.detectors.runtime import FrameError
-    from edge_agent.imageio import ImageReadError
-
-    errors: list[type[BaseException]] = [UserError, ModelError, FrameError, ImageReadError, FileNotFoundError]
-    try:
-        from edge_agent.config.loader import ConfigError
-
-        errors.append(ConfigError)
-    except ImportError:
-        pass
-    for module, names in (("edge_agent.bundle", ("BundleError",)), ("edge_agent.agent.app", ("AgentError",)),
-                          ("edge_agent.video.errors", ("VideoSourceError",)),
-                          ("edge_agent.comms.mqtt", ("MqttSetupError",)), ("edge_agent.comms.topics", ("TopicError",)),
-                          ("edge_agent.service.http", ("HealthServerError",)),
-                          ("edge_agent.updates", ("UpdateError",)), ("edge_agent.comms.outbox", ("OutboxError",)),
-                          ("edge_agent.config.mqtt", ("MqttCredentialError",)),
-                          ("edge_agent.comms.envelope", ("EnvelopeError",))):
-        try:
-            mod = __import__(module, fromlist=list(names))
-            errors.extend(getattr(mod, n) for n in names if hasattr(mod, n))
-        except ImportError:
-            pass
-    return tuple(errors)
+from edge_agent.errors import EXIT_USER_ERROR, UserError
 
 
 # -- segment ---------------------------------------------------------------------------
@@ -212,10 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     log_level = getattr(args, "log_level", "WARNING")
     logging.basicConfig(level=getattr(logging, str(log_level).upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    errors = _user_errors()
     try:
         return int(args.func(args) or 0)
-    except errors as exc:
+    except (UserError, FileNotFoundError) as exc:
         print(f"crackseg-edge: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

@@ -7,10 +7,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_agent.errors import UserError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError, ValueError):
     pass
 
 

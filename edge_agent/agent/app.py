@@ -32,6 +32,7 @@ from edge_agent.comms.mqtt import MqttCommunicator
 from edge_agent.config.agent import AgentConfig
 from edge_agent.config.loader import ConfigError, load_config
 from edge_agent.detectors import ModelError, open_model
+from edge_agent.errors import UserError
 from edge_agent.position import create_position_provider
 from edge_agent.service.notify import Notifier
 from edge_agent.service.watchdog import FrameWatchdog
@@ -54,7 +55,7 @@ def _process_start() -> float:
 PROCESS_START = _process_start()
 
 
-class AgentError(Exception):
+class AgentError(UserError):
     """The agent cannot start or run as configured; the message says what to fix."""
 
 

@@ -39,6 +39,7 @@ from edge_agent.bundle.manifest import (
 from edge_agent.bundle.pack import archive_kind
 from edge_agent.bundle.signing import PublicKeyLike, SignatureError, verify_manifest
 from edge_agent.contract import InferenceContract
+from edge_agent.errors import UserError
 from edge_agent.util.files import sha256_file
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ MAX_EXTRACTED_BYTES = 2 << 30
 CACHE_ENV = "CRACKSEG_BUNDLE_CACHE"
 
 
-class BundleError(Exception):
+class BundleError(UserError):
     """The bundle cannot be trusted or used; the message names the file and what to do."""
 
 

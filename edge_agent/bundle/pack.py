@@ -25,12 +25,13 @@ from edge_agent.bundle.manifest import (
     Manifest,
 )
 from edge_agent.bundle.signing import encode_signature
+from edge_agent.errors import UserError
 from edge_agent.util.files import sha256_file
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
-class PackError(ValueError):
+class PackError(UserError, ValueError):
     """The bundle cannot be written as asked (bad output name, missing file)."""
 
 

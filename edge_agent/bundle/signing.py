@@ -15,8 +15,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edge_agent.errors import UserError
 
-class SignatureError(ValueError):
+
+class SignatureError(UserError, ValueError):
     """A public key that cannot be used, or a signature that does not verify."""
 
 

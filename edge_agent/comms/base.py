@@ -14,9 +14,10 @@ from datetime import datetime
 from typing import Any
 
 from edge_agent.comms import topics
+from edge_agent.errors import CracksegError
 
 
-class CommandError(Exception):
+class CommandError(CracksegError):
     """Raised by a command handler to answer ``ok: false`` with this message (no traceback logged)."""
 
 

@@ -27,13 +27,14 @@ from enum import Enum
 from pathlib import PurePath
 from typing import Any
 
+from edge_agent.errors import UserError
 from edge_agent.util import timestamps
 
 SCHEMA_VERSION = 1
 ENVELOPE_FIELDS = ("schema_version", "msg_id", "seq", "device_id", "ts", "sent_ts")
 
 
-class EnvelopeError(ValueError):
+class EnvelopeError(UserError, ValueError):
     """A payload that cannot be wrapped or sent as JSON; the message names the field."""
 
 

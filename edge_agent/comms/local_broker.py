@@ -14,8 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from edge_agent.errors import UserError
 
-class BrokerUnavailableError(RuntimeError):
+
+class BrokerUnavailableError(UserError, RuntimeError):
     """Mosquitto is not installed or would not start."""
 
 

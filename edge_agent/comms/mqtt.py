@@ -46,6 +46,7 @@ from edge_agent.comms.outbox import Outbox, OutboxEntry
 from edge_agent.comms.topics import TopicError, Topics
 from edge_agent.config.mqtt import MqttConfig, resolve_password
 from edge_agent.config.sections import default_state_dir, validate_device_id
+from edge_agent.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ _SENDER_TICK_S = 0.5
 _PRUNE_EVERY_S = 10.0
 
 
-class MqttSetupError(RuntimeError):
+class MqttSetupError(UserError, RuntimeError):
     """The MQTT client cannot be set up (TLS files unreadable, started twice...)."""
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_agent.errors import UserError
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not Linux; the lock is advisory anyway
@@ -52,7 +54,7 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 """
 
 
-class OutboxError(RuntimeError):
+class OutboxError(UserError, RuntimeError):
     """The outbox file cannot be used; the message names the file and what to do."""
 
 

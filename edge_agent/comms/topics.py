@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from edge_agent.errors import UserError
+
 STATUS = "status"
 DETECTIONS = "detections"
 HEALTH = "health"
@@ -15,7 +17,7 @@ CMD_RESPONSE = "cmd/response"
 _LEVEL_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-class TopicError(ValueError):
+class TopicError(UserError, ValueError):
     """A topic suffix or command name that would escape the device's own subtree."""
 
 

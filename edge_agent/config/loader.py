@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from edge_agent.errors import UserError
+
 if TYPE_CHECKING:
     from edge_agent.config.agent import AgentConfig
 
@@ -69,7 +71,7 @@ class ConfigIssue(NamedTuple):
         return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """An invalid config; ``str()`` lists every problem as ``FILE:LINE: key.path: message``."""
 
     def __init__(self, issues: list[ConfigIssue]):

@@ -16,13 +16,14 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge_agent.config.sections import ByteCount, ConfigPath
+from edge_agent.errors import UserError
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 OUTBOX_FILENAME = "outbox.sqlite3"
 _TOPIC_LEVEL_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-class MqttCredentialError(ValueError):
+class MqttCredentialError(UserError, ValueError):
     """The broker password could not be read; the message names the source and the fix."""
 
 

@@ -1,7 +1,9 @@
 """Errors of the inference runtime, each worded for the operator who has to fix it."""
 
+from edge_agent.errors import UserError
 
-class ModelError(Exception):
+
+class ModelError(UserError):
     """The model file cannot be used (missing, corrupt, wrong format, unknown contract)."""
 
 

@@ -16,13 +16,14 @@ import numpy as np
 from edge_agent.contract import InferenceContract
 from edge_agent.detectors.errors import ModelError
 from edge_agent.detectors.preprocess import Preprocessor
+from edge_agent.errors import UserError
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 REFERENCE_BUNDLE = ASSETS_DIR / "models" / "reference"
 BUNDLE_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
-class FrameError(ValueError):
+class FrameError(UserError, ValueError):
     """A frame that cannot be segmented (empty, wrong dtype or shape)."""
 
 

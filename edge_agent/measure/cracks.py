@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from edge_agent.config.measurement import MeasurementConfig
+from edge_agent.errors import UserError
 from edge_agent.measure import geometry
 from edge_agent.measure.classify import (
     CrackType,
@@ -32,7 +33,7 @@ from edge_agent.measure.severity import Severity, classify_severity
 SPUR_MARGIN_PX = 2  # spurs up to the crack's half-width plus this are pruned (geometry.prune_spurs)
 
 
-class MaskError(ValueError):
+class MaskError(UserError, ValueError):
     """A mask or probability map that cannot be measured (wrong shape or type)."""
 
 

@@ -17,13 +17,15 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
+from edge_agent.errors import UserError
+
 log = logging.getLogger(__name__)
 
 FixQuality = Literal["none", "gps", "dgps", "rtk_fixed", "rtk_float", "estimated", "manual", "simulated"]
 FixMode = Literal["none", "2d", "3d"]
 
 
-class PositionError(Exception):
+class PositionError(UserError):
     """A position receiver that cannot be used as configured."""
 
 

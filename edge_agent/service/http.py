@@ -26,6 +26,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
+from edge_agent.errors import UserError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT_TIMEOUT_S = 15.0
@@ -87,7 +89,7 @@ class HealthSnapshot(TypedDict, total=False):
 SnapshotFn = Callable[[], HealthSnapshot]
 
 
-class HealthServerError(RuntimeError):
+class HealthServerError(UserError, RuntimeError):
     """The endpoints cannot be served (port taken, bad address); the message says what to change."""
 
 

@@ -14,11 +14,10 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from edge_agent.errors import EXIT_USER_ERROR, UserError
 from edge_agent.updates.audit import AUDIT_NAME, AuditLog
 from edge_agent.updates.manager import cli_origin, model_loader, selftest_segmenter
 from edge_agent.updates.store import ModelStore, UpdateError
-
-EXIT_USER_ERROR = 2
 
 
 def _context(args: argparse.Namespace):
@@ -133,7 +132,6 @@ def _match_owner(state_dir: Path) -> None:
 
 def model_command(args: argparse.Namespace) -> int:
     """Entry point of ``crackseg-edge model``; user errors print one line and return 2."""
-    from edge_agent.config.loader import ConfigError
 
     try:
         state_dir, model_cfg = _context(args)
@@ -152,6 +150,6 @@ def model_command(args: argparse.Namespace) -> int:
         finally:
             _match_owner(state_dir)
         raise UpdateError(f"unknown action '{args.action}': use list, activate VERSION or rollback")
-    except (UpdateError, ConfigError) as exc:
+    except UserError as exc:
         print(f"crackseg-edge: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

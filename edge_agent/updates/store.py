@@ -44,6 +44,7 @@ from edge_agent.bundle import (
     verify_bundle_dir,
 )
 from edge_agent.bundle.manifest import CHECKSUM_NAME, version_key
+from edge_agent.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ TMP_PREFIX = ".tmp-"
 LOCK_TIMEOUT_S = 120.0
 
 
-class UpdateError(Exception):
+class UpdateError(UserError):
     """An update or model-management step that cannot be done; the message says why and what to do."""
 
 

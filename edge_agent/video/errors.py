@@ -7,8 +7,10 @@ source session and the capture loop.
 
 from __future__ import annotations
 
+from edge_agent.errors import CracksegError, UserError
 
-class VideoSourceError(ValueError):
+
+class VideoSourceError(UserError, ValueError):
     """The configured frame source cannot be used as given."""
 
 
@@ -28,9 +30,9 @@ class SourceOpenError(VideoSourceError):
     """The source exists but could not be opened right now (busy camera, unreachable stream)."""
 
 
-class SourceReadError(Exception):
+class SourceReadError(CracksegError):
     """A read from an open source failed; the capture loop reconnects."""
 
 
-class EndOfSource(Exception):
+class EndOfSource(CracksegError):
     """A finite source (file or folder, not looped) has no more frames."""

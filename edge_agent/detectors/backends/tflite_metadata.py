@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.contract import CONTRACT_METADATA_KEY, InferenceContract
+from edge_agent.errors import UserError
 
 TFLITE_FILE_IDENTIFIER = b"TFL3"
 
 
-class TFLiteMetadataError(ValueError):
+class TFLiteMetadataError(UserError, ValueError):
     """The file is not a TFLite flatbuffer this module can read or rewrite."""
 
 
