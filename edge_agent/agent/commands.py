@@ -9,6 +9,7 @@ exist, an optional authenticity check (signed commands), and an audit record per
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,9 +23,14 @@ Handler = Callable[[Command], "Mapping[str, Any] | None"]
 
 
 class CommandRegistry:
-    """name -> handler; callable as the communicator's single command handler."""
+    """name -> handler; callable as the communicator's single command handler.
 
-    def __init__(self, verify: Callable[[Command], None] | None = None,
+    ``verify`` (signed commands) raises CommandError for a command that must not run and
+    returns the key id it verified (None for an accepted unsigned command); the handler and
+    the audit record see only that verified id as the origin.
+    """
+
+    def __init__(self, verify: Callable[[Command], str | None] | None = None,
                  audit: Callable[[dict], None] | None = None):
         self.handlers: dict[str, Handler] = {}
         self.verify = verify
@@ -38,13 +44,16 @@ class CommandRegistry:
 
     def __call__(self, cmd: Command) -> Mapping[str, Any] | None:
         outcome: dict[str, Any] = {"event": "command", "command": cmd.name, "request_id": cmd.request_id,
-                                   "origin": cmd.args.get("key_id") or cmd.topic}
+                                   "origin": cmd.origin}
         try:
             handler = self.handlers.get(cmd.name)
             if handler is None:
                 raise CommandError(f"unknown command '{cmd.name}'; known: {', '.join(self.names())}")
             if self.verify is not None:
-                self.verify(cmd)
+                key_id = self.verify(cmd)
+                if key_id:
+                    cmd = replace(cmd, verified_key_id=key_id)
+                    outcome["origin"] = cmd.origin
             result = handler(cmd)
             outcome.update(ok=True)
             return result

@@ -27,7 +27,8 @@ class Command:
 
     ``args`` is the JSON object sent (empty for an empty payload); ``request_id`` is echoed in
     the response so the sender can match it: the payload's ``request_id``/``id``, else its
-    envelope ``msg_id``.
+    envelope ``msg_id``. ``verified_key_id`` is filled in by the command registry once a
+    signature was verified.
     """
 
     name: str
@@ -36,6 +37,16 @@ class Command:
     request_id: str | None = None
     correlation_data: bytes | None = None
     raw: bytes = b""
+    verified_key_id: str | None = None  # set only after a signature check passed; never from the payload
+
+    @property
+    def origin(self) -> str:
+        """Who sent it, as far as the device has proven: the verified signing key, else the topic.
+
+        A ``key_id`` field in an unsigned (or unverified) payload is a claim, not an origin:
+        audit records must never show it as one.
+        """
+        return f"key:{self.verified_key_id}" if self.verified_key_id else self.topic
 
 
 CommandHandler = Callable[[Command], "Mapping[str, Any] | None"]
