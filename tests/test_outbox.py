@@ -173,12 +173,68 @@ def test_second_owner_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     Outbox(tmp_path / "o.db").close()  # free again once closed
 
 
-def test_corrupt_file_error_says_what_to_do(tmp_path: Path) -> None:
+def test_unusable_file_is_moved_aside_and_a_fresh_outbox_starts(tmp_path: Path, caplog) -> None:
     path = tmp_path / "o.db"
     path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(OutboxError, match="move it aside"):
-        Outbox(path)
-    Outbox(tmp_path / "fresh.db").close()
+    with caplog.at_level("ERROR"), Outbox(path) as box:
+        assert box.stats().lost_files == 1
+        assert box.add("detections", "t", payload_of("d")).seq == 1
+    aside = list(tmp_path.glob("o.db.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not sqlite")
+    assert "moved aside" in caplog.text and "lost" in caplog.text
+
+
+def test_damaged_database_keeps_its_seq_when_the_counters_can_be_read(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path) as box:
+        for _ in range(3):
+            box.add("detections", "t", payload_of("d"))
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE messages")  # the counters survive, the queue does not: unusable as an outbox
+    db.execute("CREATE TABLE messages (nonsense)")
+    db.commit()
+    db.close()
+    with Outbox(path) as box:
+        st = box.stats()
+        assert st.lost_files == 1
+        assert box.add("detections", "t", payload_of("d")).seq == 4  # the office sees the loss as a gap
+
+
+def test_changed_bytes_in_a_row_are_quarantined_and_never_returned(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path) as box:
+        for _ in range(3):
+            box.add("detections", "t", lambda seq: b'{"seq": %d, "cracks": []}' % seq)
+    db = sqlite3.connect(path)
+    db.execute("UPDATE messages SET payload = ? WHERE seq = 2", (b'{"seq": 2, "cracks": [}',))
+    db.commit()
+    db.close()
+    with caplog.at_level("ERROR"), Outbox(path) as box:
+        assert [e.seq for e in box.peek()] == [1, 3]
+        st = box.stats()
+        assert st.corrupt == 1 and st.depth == 2
+        (seq, reason), = box._db.execute("SELECT seq, reason FROM quarantine").fetchall()
+        assert seq == 2 and ("checksum" in reason or "bytes stored" in reason)
+    assert "quarantined, not published" in caplog.text
+
+
+def test_schema_1_outbox_is_migrated_and_its_rows_vouched_for(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL, seq INTEGER NOT NULL,
+            msg_id TEXT, topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL,
+            props TEXT, created REAL NOT NULL, size INTEGER NOT NULL);
+        CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        INSERT INTO messages(stream, seq, topic, payload, qos, retain, created, size)
+            VALUES('detections', 7, 't', CAST('old' AS BLOB), 1, 0, CAST(strftime('%s', 'now') AS REAL), 3);
+        INSERT INTO counters VALUES('seq:detections', 7);
+        PRAGMA user_version=1;
+    """)
+    db.close()
+    with Outbox(path) as box:
+        assert [(e.seq, e.payload) for e in box.peek()] == [(7, b"old")]
+        assert box.add("detections", "t", payload_of("d")).seq == 8
 
 
 def test_closed_outbox_raises(tmp_path: Path) -> None:

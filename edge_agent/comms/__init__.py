@@ -6,8 +6,9 @@ MQTT implementation from the ``mqtt:`` config section.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from edge_agent.comms.base import (
     Command,

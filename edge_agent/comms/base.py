@@ -70,6 +70,9 @@ class CommsStats:
     inflight: int
     skipped_offline: int
     commands: int
+    outbox_writable: bool = True  # False once the outbox is closed (shutdown) or unusable
+    outbox_corrupt: int = 0  # stored messages found damaged: quarantined, never sent
+    outbox_lost_files: int = 0  # unusable outbox files moved aside at start
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:

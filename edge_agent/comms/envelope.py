@@ -22,6 +22,7 @@ import base64
 import json
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date, datetime
 from enum import Enum
 from pathlib import PurePath
@@ -114,6 +115,43 @@ def decode(data: bytes | str) -> dict[str, Any]:
         except ValueError:
             raise EnvelopeError(f"{name} {msg[name]!r} is not ISO-8601") from None
     return msg
+
+
+JSON_CONTENT_TYPE = "application/json"
+RAW_CONTENT_TYPE = "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class EncodedMessage:
+    """What goes on the wire for one message: the bytes and how MQTT 5 should label them."""
+
+    data: bytes
+    content_type: str
+    user_properties: tuple[tuple[str, str], ...] = ()
+
+
+def raw_envelope_properties(*, device_id: str, seq: int, msg_id: str, ts: str, sent_ts: str,
+                            extra: Mapping[str, Any] | None = None) -> tuple[tuple[str, str], ...]:
+    """The envelope of a raw-bytes message (a JPEG), as MQTT 5 user properties, timestamps as ISO text."""
+    pairs = [("schema_version", str(SCHEMA_VERSION)), ("msg_id", msg_id), ("seq", str(seq)),
+             ("device_id", device_id), ("ts", ts), ("sent_ts", sent_ts)]
+    return tuple(pairs + [(str(k), str(v)) for k, v in (extra or {}).items()])
+
+
+def encode_message(payload: Mapping[str, Any] | bytes | bytearray | memoryview, *, device_id: str, seq: int,
+                   msg_id: str, ts: float | datetime, sent_ts: float, content_type: str | None = None,
+                   extra: Mapping[str, Any] | None = None) -> EncodedMessage:
+    """One message as bytes plus labels, the same way for the outbox and for direct publishing.
+
+    A mapping is wrapped in the envelope and sent as JSON; bytes are sent as they are, with
+    the envelope (and ``extra`` fields) as user properties. Pure: no clock, no I/O.
+    """
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return EncodedMessage(bytes(payload), content_type or RAW_CONTENT_TYPE,
+                              raw_envelope_properties(device_id=device_id, seq=seq, msg_id=msg_id, ts=iso_utc(ts),
+                                                      sent_ts=iso_utc(sent_ts), extra=extra))
+    body = encode(wrap(payload, device_id=device_id, seq=seq, ts=ts, sent_ts=sent_ts, msg_id=msg_id))
+    return EncodedMessage(body, JSON_CONTENT_TYPE)
 
 
 def jpeg_b64_fields(jpeg: bytes) -> dict[str, Any]:

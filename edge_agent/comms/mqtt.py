@@ -55,6 +55,14 @@ _SENDER_TICK_S = 0.5
 _PRUNE_EVERY_S = 10.0
 
 
+class _PahoNoise(logging.Filter):
+    """Drops paho 2.2's ERROR "Client is not connected" that its loop logs on every reconnect
+    attempt and at every clean shutdown: the link state is logged once by this module instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
 class MqttSetupError(UserError, RuntimeError):
     """The MQTT client cannot be set up (TLS files unreadable, started twice...)."""
 
@@ -84,6 +92,7 @@ class MqttCommunicator(Communicator):
         self._lock = threading.Lock()
         self._drained = threading.Condition()
         self._wake = threading.Event()
+        self._announce_online = threading.Event()
         self._acks: queue.SimpleQueue[tuple[int, str | None]] = queue.SimpleQueue()
         self._commands: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
         self._handler: CommandHandler | None = None
@@ -110,7 +119,10 @@ class MqttCommunicator(Communicator):
         protocol = MQTTProtocolVersion.MQTTv5 if self.v5 else MQTTProtocolVersion.MQTTv311
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=cfg.resolved_client_id(self.device_id),
                              protocol=protocol, clean_session=None if self.v5 else True)
-        client.enable_logger(logging.getLogger("paho"))
+        paho_log = logging.getLogger("paho")
+        if not any(isinstance(f, _PahoNoise) for f in paho_log.filters):
+            paho_log.addFilter(_PahoNoise())
+        client.enable_logger(paho_log)
         client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
         client.max_inflight_messages_set(self._inflight_max)
         if cfg.tls_enabled:
@@ -245,13 +257,16 @@ class MqttCommunicator(Communicator):
             client.subscribe(self.topics.cmd_filter, options=SubscribeOptions(qos=1, noLocal=True))
         else:
             client.subscribe(self.topics.cmd_filter, qos=1)
-        self._publish_now(topics.STATUS, self._status_payload("online"), qos=1, retain=True)
+        # The retained "online" needs a seq from the outbox database (a write + fsync): the sender
+        # thread publishes it, never paho's network thread.
+        self._announce_online.set()
         self._wake.set()
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         msg = f"cannot reach the broker at {self.config.host}:{self.config.port}"
         if self.config.tls_enabled:
-            msg += " (or the TLS handshake failed: check tls.ca_file, the client certificate and the broker's host name)"
+            msg += (" (or the TLS handshake failed: check tls.ca_file, the client certificate and the broker's "
+                    "host name)")
         if msg != self._last_error:
             log.warning("MQTT: %s; retrying with backoff up to %ds", msg, self.config.reconnect_max_s)
         self._last_error = msg
@@ -287,7 +302,7 @@ class MqttCommunicator(Communicator):
 
     # -- publishing ----------------------------------------------------------------------
     def _properties(self, content_type: str | None, expiry_s: int | None,
-                    user: list[tuple[str, str]] | None) -> Properties | None:
+                    user: tuple[tuple[str, str], ...] | list[tuple[str, str]] | None) -> Properties | None:
         if not self.v5:
             return None
         props = Properties(PacketTypes.PUBLISH)
@@ -296,15 +311,8 @@ class MqttCommunicator(Communicator):
         if expiry_s:
             props.MessageExpiryInterval = int(expiry_s)
         if user:
-            props.UserProperty = user
+            props.UserProperty = list(user)
         return props
-
-    def _meta(self, *, seq: int, msg_id: str, ts: str, sent_ts: str,
-              extra: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
-        """The envelope of a raw-bytes message, as MQTT 5 user properties."""
-        pairs = [("schema_version", str(envelope.SCHEMA_VERSION)), ("msg_id", msg_id), ("seq", str(seq)),
-                 ("device_id", self.device_id), ("ts", ts), ("sent_ts", sent_ts)]
-        return pairs + [(str(k), str(v)) for k, v in (extra or {}).items()]
 
     def publish(self, topic_suffix: str, payload: Mapping[str, Any] | bytes, *, qos: int = 0, retain: bool = False,
                 persistent: bool = False, ts: float | datetime | None = None,
@@ -328,21 +336,18 @@ class MqttCommunicator(Communicator):
                                      content_type=content_type)
             return info is not None and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
         sent = time.time()
-        ts_iso = envelope.iso_utc(ts if ts is not None else sent)
+        when = ts if ts is not None else sent
         msg_id = envelope.new_msg_id()
-        if isinstance(payload, (bytes, bytearray, memoryview)):
-            raw = bytes(payload)
-            props = {"content_type": content_type or "application/octet-stream", "expiry_s": expiry_s,
-                     "ts": ts_iso, "sent_ts": envelope.iso_utc(sent), "meta": dict(meta or {}), "raw": True}
+        raw = isinstance(payload, (bytes, bytearray, memoryview))
+        props: dict[str, Any] = {"content_type": (content_type or envelope.RAW_CONTENT_TYPE) if raw else JSON,
+                                 "expiry_s": expiry_s}
+        if raw:  # the user properties carry the seq, so they are rebuilt at send time from these
+            props.update(ts=envelope.iso_utc(when), sent_ts=envelope.iso_utc(sent), meta=dict(meta or {}), raw=True)
 
-            def build(seq: int) -> bytes:
-                return raw
-        else:
-            props = {"content_type": JSON, "expiry_s": expiry_s}
+        def build(seq: int) -> bytes:
+            return envelope.encode_message(payload, device_id=self.device_id, seq=seq, msg_id=msg_id, ts=when,
+                                           sent_ts=sent, extra=meta).data
 
-            def build(seq: int) -> bytes:
-                return envelope.encode(envelope.wrap(payload, device_id=self.device_id, seq=seq,
-                                                     ts=ts if ts is not None else sent, sent_ts=sent, msg_id=msg_id))
         entry = self.outbox.add(suffix, topic, build, qos=qos, retain=retain, props=props, msg_id=msg_id)
         self._wake.set()
         return entry is not None
@@ -354,18 +359,12 @@ class MqttCommunicator(Communicator):
         """Publish without the outbox (status, health, snapshots, responses): numbered, not stored."""
         topic = self.topics.topic(suffix)
         sent = time.time()
-        msg_id = envelope.new_msg_id()
-        when = ts if ts is not None else sent
         seq = self.outbox.next_seq(suffix)
-        if isinstance(payload, (bytes, bytearray, memoryview)):
-            data = bytes(payload)
-            props = self._properties(content_type or "application/octet-stream", expiry_s,
-                                     self._meta(seq=seq, msg_id=msg_id, ts=envelope.iso_utc(when),
-                                                sent_ts=envelope.iso_utc(sent), extra=meta))
-        else:
-            data = envelope.encode(envelope.wrap(payload, device_id=self.device_id, seq=seq, ts=when, sent_ts=sent,
-                                                 msg_id=msg_id))
-            props = self._properties(JSON, expiry_s, None)
+        encoded = envelope.encode_message(payload, device_id=self.device_id, seq=seq, msg_id=envelope.new_msg_id(),
+                                          ts=ts if ts is not None else sent, sent_ts=sent, content_type=content_type,
+                                          extra=meta)
+        data = encoded.data
+        props = self._properties(encoded.content_type, expiry_s, encoded.user_properties)
         if correlation_data is not None and props is not None:
             props.CorrelationData = correlation_data
         info = self._client.publish(topic, data, qos=qos, retain=retain, properties=props)
@@ -396,6 +395,9 @@ class MqttCommunicator(Communicator):
                     last_prune = time.monotonic()
                     if self.outbox.prune():
                         self._notify_drained()
+                if self._connected and self._announce_online.is_set():
+                    self._announce_online.clear()
+                    self._publish_now(topics.STATUS, self._status_payload("online"), qos=1, retain=True)
                 if self._connected:
                     self._fill_window()
             except Exception:  # a sender that dies silently would queue forever; log and keep going
@@ -423,8 +425,8 @@ class MqttCommunicator(Communicator):
         p = entry.props or {}
         user = None
         if p.get("raw"):
-            user = self._meta(seq=entry.seq, msg_id=entry.msg_id or "", ts=p["ts"], sent_ts=p["sent_ts"],
-                              extra=p.get("meta"))
+            user = envelope.raw_envelope_properties(device_id=self.device_id, seq=entry.seq, msg_id=entry.msg_id or "",
+                                                    ts=p["ts"], sent_ts=p["sent_ts"], extra=p.get("meta"))
         return self._properties(p.get("content_type"), p.get("expiry_s"), user)
 
     def _drain_acks(self) -> None:
@@ -506,15 +508,18 @@ class MqttCommunicator(Communicator):
             self._counts[name] += by
 
     def stats(self) -> CommsStats:
+        corrupt = lost_files = 0
         if self.outbox.closed:
             depth, size, age, dropped = 0, 0, None, 0
         else:
             s = self.outbox.stats()
             depth, size, age, dropped = s.depth, s.bytes, s.oldest_age_s, s.dropped
+            corrupt, lost_files = s.corrupt, s.lost_files
         with self._lock:
             c = dict(self._counts)
         return CommsStats(connected=self._connected, link_state=self._link_state, reconnects=c["reconnects"],
                           last_error=self._last_error, outbox_depth=depth, outbox_bytes=size,
                           outbox_oldest_age_s=age, dropped=dropped, published=c["published"], acked=c["acked"],
                           rejected=c["rejected"], inflight=len(self._inflight), skipped_offline=c["skipped_offline"],
-                          commands=c["commands"])
+                          commands=c["commands"], outbox_writable=not self.outbox.closed, outbox_corrupt=corrupt,
+                          outbox_lost_files=lost_files)

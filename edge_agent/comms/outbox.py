@@ -11,17 +11,27 @@ bytes, age): the oldest go first and are counted in a persistent ``dropped`` cou
 
 One process owns an outbox at a time (an ``flock`` on ``<file>.lock``), since two agents
 draining the same file would both send every message.
+
+Integrity: every row stores the sha256 of its payload. A row whose bytes no longer match
+(a bad sector, a hand edit) is moved to the ``quarantine`` table and counted (``corrupt``),
+never published: the office must not receive a detection the agent did not write. A file
+that is not a usable database at all would stop every start under systemd, so it is moved
+aside (``<file>.corrupt-<time>``) with an error log line saying how many messages it held
+as far as can be read, counted in ``lost_files``, and a fresh outbox starts; the sequence
+counters are carried over when they can still be read, so the office sees the loss as a gap.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +45,7 @@ except ImportError:  # pragma: no cover - not Linux; the lock is advisory anyway
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -48,10 +58,29 @@ CREATE TABLE IF NOT EXISTS messages (
     retain INTEGER NOT NULL,
     props TEXT,
     created REAL NOT NULL,
-    size INTEGER NOT NULL
+    size INTEGER NOT NULL,
+    checksum TEXT
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    stream TEXT,
+    seq INTEGER,
+    msg_id TEXT,
+    payload BLOB,
+    reason TEXT NOT NULL,
+    quarantined REAL NOT NULL
+);
 """
+
+
+_MESSAGE_COLUMNS = frozenset({"id", "stream", "seq", "msg_id", "topic", "payload", "qos", "retain", "props", "created",
+                              "size", "checksum"})
+
+
+def payload_checksum(payload: bytes) -> str:
+    """What each row stores to prove its payload is the one the agent wrote."""
+    return hashlib.sha256(payload).hexdigest()
 
 
 class OutboxError(UserError, RuntimeError):
@@ -82,6 +111,8 @@ class OutboxStats:
     dropped: int
     added: int
     acked: int
+    corrupt: int = 0  # rows whose payload no longer matched its checksum (quarantined, never sent)
+    lost_files: int = 0  # unusable outbox files moved aside at start
 
 
 class Outbox:
@@ -99,8 +130,8 @@ class Outbox:
         self._acked = 0
         self._lock_fd = self._take_file_lock()
         try:
-            self._db = self._open()
-            self._depth, self._bytes = self._db.execute(
+            self._db: sqlite3.Connection | None = self._open_or_recover()
+            self._depth, self._bytes = self._conn.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
         except BaseException:
             self._release_file_lock()
@@ -111,6 +142,12 @@ class Outbox:
     def from_config(cls, cfg: Any, path: str | Path) -> Outbox:
         """From an ``OutboxConfig`` (edge_agent.config.mqtt) and the resolved file path."""
         return cls(path, max_messages=cfg.max_messages, max_bytes=cfg.max_bytes, max_age_s=cfg.max_age_s)
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise OutboxError(f"outbox {self.path} is closed")
+        return self._db
 
     # -- opening -------------------------------------------------------------------------
     def _take_file_lock(self) -> int | None:
@@ -134,7 +171,32 @@ class Outbox:
             os.close(self._lock_fd)  # closing drops the flock
             self._lock_fd = None
 
+    def _open_or_recover(self) -> sqlite3.Connection:
+        """Open the outbox; a file that is not a usable database is moved aside and replaced."""
+        try:
+            return self._open()
+        except _UnusableDatabase as exc:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+            held, counters = _salvage(self.path)
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{self.path}{suffix}")
+                if src.exists():
+                    os.replace(src, f"{aside}{suffix}")
+            log.error("outbox %s is not a usable SQLite database (%s): moved aside to %s and started a fresh one; "
+                      "%s queued message(s) in it are lost (counted in health outbox.lost_files)", self.path,
+                      exc.reason, aside, held if held is not None else "an unknown number of")
+            db = self._open()
+            with self._transaction(db):
+                for name, value in counters.items():
+                    if name.startswith("seq:") or name in ("dropped", "corrupt"):
+                        _set_counter(db, name, value)
+                _bump(db, "lost_files")
+                if held:
+                    _bump(db, "dropped", held)
+            return db
+
     def _open(self) -> sqlite3.Connection:
+        db = None
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -147,12 +209,48 @@ class Outbox:
                 raise OutboxError(f"outbox {self.path} was written by a newer agent (schema {version}); upgrade "
                                   "the agent or move the file aside")
             db.executescript(_SCHEMA)
+            if version == 1:
+                self._migrate_v1(db)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            db.execute("SELECT COUNT(*) FROM messages").fetchone()
+            columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+            missing = _MESSAGE_COLUMNS - columns
+            if missing:
+                raise sqlite3.DatabaseError(f"table 'messages' lacks column(s) {', '.join(sorted(missing))}")
+            db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise OutboxError(f"outbox {self.path} is not a usable SQLite database ({exc}); move it aside to start "
-                              "a fresh outbox (its queued messages are then lost)") from None
+            if db is not None:
+                db.close()
+            raise _UnusableDatabase(str(exc)) from None
+        except BaseException:
+            if db is not None:
+                db.close()
+            raise
         return db
+
+    def _migrate_v1(self, db: sqlite3.Connection) -> None:
+        """Schema 1 had no checksum column: add it and vouch for the rows as they are now."""
+        columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+        with self._transaction(db):
+            if "checksum" not in columns:
+                db.execute("ALTER TABLE messages ADD COLUMN checksum TEXT")
+            rows = db.execute("SELECT id, payload FROM messages WHERE checksum IS NULL").fetchall()
+            db.executemany("UPDATE messages SET checksum=? WHERE id=?",
+                           [(payload_checksum(bytes(p)), i) for i, p in rows])
+
+    @contextmanager
+    def _transaction(self, db: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any exception (then re-raised).
+
+        IMMEDIATE takes the write lock at the start, so two writers never deadlock on upgrade.
+        """
+        conn = db if db is not None else self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def close(self) -> None:
         """Checkpoint and close; the file stays a valid outbox for the next start."""
@@ -164,7 +262,7 @@ class Outbox:
             except sqlite3.Error as exc:  # pragma: no cover - best effort, the WAL is replayed on open
                 log.warning("outbox %s: checkpoint failed on close: %s", self.path, exc)
             self._db.close()
-            self._db = None  # type: ignore[assignment]
+            self._db = None
             self._release_file_lock()
 
     def __enter__(self) -> Outbox:
@@ -177,39 +275,16 @@ class Outbox:
     def closed(self) -> bool:
         return self._db is None
 
-    # -- counters ------------------------------------------------------------------------
-    def _counter(self, name: str) -> int:
-        row = self._db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
-        return int(row[0]) if row else 0
-
-    def _bump(self, name: str, by: int = 1) -> int:
-        value = self._counter(name) + by
-        self._db.execute("INSERT INTO counters(name, value) VALUES(?, ?) "
-                         "ON CONFLICT(name) DO UPDATE SET value=excluded.value", (name, value))
-        return value
-
-    def _check_open(self) -> None:
-        if self._db is None:
-            raise OutboxError(f"outbox {self.path} is closed")
-
+    # -- sequence numbers ----------------------------------------------------------------
     def next_seq(self, stream: str) -> int:
         """Allocate (and persist) the next ``seq`` of a stream whose messages are not queued."""
-        with self._lock:
-            self._check_open()
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                seq = self._bump(f"seq:{stream}")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            return seq
+        with self._lock, self._transaction() as db:
+            return _bump(db, f"seq:{stream}")
 
     def last_seq(self, stream: str) -> int:
         """The last ``seq`` allocated on a stream (0 if none)."""
         with self._lock:
-            self._check_open()
-            return self._counter(f"seq:{stream}")
+            return _counter(self._conn, f"seq:{stream}")
 
     # -- queue ---------------------------------------------------------------------------
     def add(self, stream: str, topic: str, build: Callable[[int], bytes], *, qos: int = 1, retain: bool = False,
@@ -220,52 +295,52 @@ class Outbox:
         (its ``seq`` is used, so the receiver sees the gap) instead of evicting everything else.
         """
         with self._lock:
-            self._check_open()
             now = self._clock()
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                seq = self._bump(f"seq:{stream}")
-                payload = bytes(build(seq))
-                size = len(payload)
-                if size > self.max_bytes:
-                    self._bump("dropped")
-                    self._db.execute("COMMIT")
-                    log.warning("outbox: dropped %s seq %d: %d bytes is more than outbox.max_bytes %d", stream, seq,
-                                size, self.max_bytes)
-                    return None
-                cur = self._db.execute(
-                    "INSERT INTO messages(stream, seq, msg_id, topic, payload, qos, retain, props, created, size) "
-                    "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (stream, seq, msg_id, topic, payload, qos, int(retain),
-                     json.dumps(props) if props else None, now, size))
-                row_id = int(cur.lastrowid)
-                self._depth += 1
-                self._bytes += size
-                self._enforce_bounds_locked()
-                self._db.execute("COMMIT")
+                with self._transaction() as db:
+                    seq = _bump(db, f"seq:{stream}")
+                    payload = bytes(build(seq))
+                    size = len(payload)
+                    if size > self.max_bytes:
+                        _bump(db, "dropped")
+                        log.warning("outbox: dropped %s seq %d: %d bytes is more than outbox.max_bytes %d", stream,
+                                    seq, size, self.max_bytes)
+                        return None
+                    cur = db.execute(
+                        "INSERT INTO messages(stream, seq, msg_id, topic, payload, qos, retain, props, created, size, "
+                        "checksum) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (stream, seq, msg_id, topic, payload, qos, int(retain),
+                         json.dumps(props) if props else None, now, size, payload_checksum(payload)))
+                    row_id = int(cur.lastrowid or 0)
+                    self._depth += 1
+                    self._bytes += size
+                    self._enforce_bounds_locked(db)
             except BaseException:
-                self._db.execute("ROLLBACK")
-                self._depth, self._bytes = self._db.execute(
-                    "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
+                self._recount()
                 raise
             self._added += 1
             return OutboxEntry(row_id, stream, seq, msg_id, topic, payload, qos, bool(retain), props, now)
 
-    def _enforce_bounds_locked(self) -> None:
+    def _recount(self) -> None:
+        if self._db is not None:
+            self._depth, self._bytes = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
+
+    def _enforce_bounds_locked(self, db: sqlite3.Connection) -> None:
         """Delete the oldest rows until count and bytes are within bounds (inside a transaction)."""
         if self._depth <= self.max_messages and self._bytes <= self.max_bytes:
             return
         excess_rows = max(0, self._depth - self.max_messages)
         excess_bytes = max(0, self._bytes - self.max_bytes)
         n, freed, last_id = 0, 0, None
-        for row_id, size in self._db.execute("SELECT id, size FROM messages ORDER BY id"):
+        for row_id, size in db.execute("SELECT id, size FROM messages ORDER BY id"):
             if n >= excess_rows and freed >= excess_bytes:
                 break
             n, freed, last_id = n + 1, freed + size, row_id
         if last_id is None:
             return
-        self._db.execute("DELETE FROM messages WHERE id <= ?", (last_id,))
-        self._bump("dropped", n)
+        db.execute("DELETE FROM messages WHERE id <= ?", (last_id,))
+        _bump(db, "dropped", n)
         self._depth -= n
         self._bytes -= freed
         log.warning("outbox full: dropped the %d oldest message(s) (%d bytes); raise outbox.max_messages/"
@@ -274,21 +349,15 @@ class Outbox:
     def prune(self) -> int:
         """Drop messages older than ``max_age_s``; returns how many."""
         with self._lock:
-            self._check_open()
-            head = self._db.execute("SELECT created FROM messages ORDER BY id LIMIT 1").fetchone()
+            head = self._conn.execute("SELECT created FROM messages ORDER BY id LIMIT 1").fetchone()
             cutoff = self._clock() - self.max_age_s
             if head is None or head[0] >= cutoff:
                 return 0
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                n, freed = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE created < ?",
-                                            (cutoff,)).fetchone()
-                self._db.execute("DELETE FROM messages WHERE created < ?", (cutoff,))
-                self._bump("dropped", n)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            with self._transaction() as db:
+                n, freed = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE created < ?",
+                                      (cutoff,)).fetchone()
+                db.execute("DELETE FROM messages WHERE created < ?", (cutoff,))
+                _bump(db, "dropped", n)
             self._depth -= n
             self._bytes -= freed
             if n:
@@ -296,14 +365,40 @@ class Outbox:
             return int(n)
 
     def peek(self, after_id: int = 0, limit: int = 100) -> list[OutboxEntry]:
-        """The oldest ``limit`` messages with ``id > after_id``, in send order."""
+        """The oldest ``limit`` intact messages with ``id > after_id``, in send order.
+
+        A row whose payload no longer matches its checksum is quarantined on the way (counted
+        as ``corrupt``, logged once) and never returned, so it is never published.
+        """
         with self._lock:
-            self._check_open()
-            rows = self._db.execute(
-                "SELECT id, stream, seq, msg_id, topic, payload, qos, retain, props, created FROM messages "
-                "WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
-        return [OutboxEntry(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6], bool(r[7]),
-                            json.loads(r[8]) if r[8] else None, r[9]) for r in rows]
+            rows = self._conn.execute(
+                "SELECT id, stream, seq, msg_id, topic, payload, qos, retain, props, created, size, checksum "
+                "FROM messages WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+            good, bad = [], []
+            for r in rows:
+                payload = bytes(r[5])
+                reason = _row_problem(payload, r[10], r[11], r[8])
+                if reason:
+                    bad.append((r, payload, reason))
+                    continue
+                good.append(OutboxEntry(r[0], r[1], r[2], r[3], r[4], payload, r[6], bool(r[7]),
+                                        json.loads(r[8]) if r[8] else None, r[9]))
+            if bad:
+                self._quarantine(bad)
+        return good
+
+    def _quarantine(self, bad: list[tuple[Any, bytes, str]]) -> None:
+        now = self._clock()
+        with self._transaction() as db:
+            for r, payload, reason in bad:
+                db.execute("INSERT OR REPLACE INTO quarantine(id, stream, seq, msg_id, payload, reason, quarantined) "
+                           "VALUES(?, ?, ?, ?, ?, ?, ?)", (r[0], r[1], r[2], r[3], payload[:65536], reason, now))
+                db.execute("DELETE FROM messages WHERE id=?", (r[0],))
+                _bump(db, "corrupt")
+        for r, _payload, reason in bad:
+            log.error("outbox: %s seq %s (row %d) is damaged (%s): quarantined, not published", r[1], r[2], r[0],
+                      reason)
+        self._recount()
 
     def ack(self, ids: Iterable[int]) -> int:
         """Delete acknowledged messages (one transaction for a batch); unknown ids are ignored."""
@@ -311,21 +406,15 @@ class Outbox:
         if not id_list:
             return 0
         with self._lock:
-            self._check_open()
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                n, freed = 0, 0
+            n, freed = 0, 0
+            with self._transaction() as db:
                 for start in range(0, len(id_list), 500):
                     chunk = id_list[start:start + 500]
                     marks = ",".join("?" * len(chunk))
-                    c, s = self._db.execute(f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE id IN "
-                                            f"({marks})", chunk).fetchone()
-                    self._db.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
+                    c, s = db.execute(f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE id IN "
+                                      f"({marks})", chunk).fetchone()
+                    db.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
                     n, freed = n + c, freed + s
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
             self._depth -= n
             self._bytes -= freed
             self._acked += n
@@ -339,13 +428,73 @@ class Outbox:
     @property
     def dropped(self) -> int:
         with self._lock:
-            self._check_open()
-            return self._counter("dropped")
+            return _counter(self._conn, "dropped")
 
     def stats(self) -> OutboxStats:
         with self._lock:
-            self._check_open()
-            head = self._db.execute("SELECT created FROM messages ORDER BY id LIMIT 1").fetchone()
+            db = self._conn
+            head = db.execute("SELECT created FROM messages ORDER BY id LIMIT 1").fetchone()
             age = max(0.0, self._clock() - head[0]) if head else None
-            return OutboxStats(depth=self._depth, bytes=self._bytes, oldest_age_s=age, dropped=self._counter("dropped"),
-                               added=self._added, acked=self._acked)
+            return OutboxStats(depth=self._depth, bytes=self._bytes, oldest_age_s=age, dropped=_counter(db, "dropped"),
+                               added=self._added, acked=self._acked, corrupt=_counter(db, "corrupt"),
+                               lost_files=_counter(db, "lost_files"))
+
+
+class _UnusableDatabase(Exception):
+    """The outbox file is not a database SQLite can use (internal: triggers the move-aside)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _counter(db: sqlite3.Connection, name: str) -> int:
+    row = db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _set_counter(db: sqlite3.Connection, name: str, value: int) -> None:
+    db.execute("INSERT INTO counters(name, value) VALUES(?, ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+               (name, int(value)))
+
+
+def _bump(db: sqlite3.Connection, name: str, by: int = 1) -> int:
+    value = _counter(db, name) + by
+    _set_counter(db, name, value)
+    return value
+
+
+def _row_problem(payload: bytes, size: int, checksum: str | None, props: str | None) -> str | None:
+    """Why a stored row must not be sent, or None when it is intact."""
+    if size != len(payload):
+        return f"{len(payload)} bytes stored, {size} written"
+    if checksum is None or payload_checksum(payload) != checksum:
+        return "payload does not match its checksum"
+    if props:
+        try:
+            json.loads(props)
+        except ValueError:
+            return "message properties are not valid JSON"
+    return None
+
+
+def _salvage(path: Path) -> tuple[int | None, dict[str, int]]:
+    """Best effort on an unusable outbox file: how many messages it held, and its counters."""
+    held: int | None = None
+    counters: dict[str, int] = {}
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return None, {}
+    try:
+        try:
+            held = int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+        except sqlite3.Error:
+            held = None
+        try:
+            counters = {str(n): int(v) for n, v in db.execute("SELECT name, value FROM counters")}
+        except (sqlite3.Error, ValueError, TypeError):
+            counters = {}
+    finally:
+        db.close()
+    return held, counters
