@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 from bench import BenchError
-from edge_agent.comms.local_broker import BrokerUnavailableError, find_mosquitto
-from edge_agent.comms.local_broker import LocalBroker as _PackageBroker
+from edge_agent.demo.broker import BrokerUnavailableError, find_mosquitto
+from edge_agent.demo.broker import LocalBroker as _PackageBroker
 
 
 def LocalBroker(workdir: str | Path | None = None) -> _PackageBroker:  # noqa: N802 (kept name for callers)
-    """The package's private Mosquitto (``edge_agent.comms.local_broker``), as a BenchError when missing."""
+    """The package's private Mosquitto (``edge_agent.demo.broker``), as a BenchError when missing."""
     try:
         find_mosquitto()
     except BrokerUnavailableError as exc:

@@ -117,19 +117,23 @@ class Subscriber:
 
 @pytest.fixture
 def make_broker(tmp_path: Path) -> Iterator[Callable[..., MosquittoBroker]]:
-    """Factory for brokers with options (persistence, users, tls, acl); all are killed at teardown."""
+    """Factory for brokers with options (persistence, users, tls, acl); all are killed at teardown.
+
+    ``start=False`` gives a broker that is not running yet: its port is reserved (connections are
+    refused, nobody else can take it), so clients can be pointed at ``broker.url`` before ``start()``.
+    """
     if not mosquitto_available():
         pytest.skip(MISSING_MESSAGE)
     brokers: list[MosquittoBroker] = []
 
-    def factory(**kwargs: Any) -> MosquittoBroker:
+    def factory(*, start: bool = True, **kwargs: Any) -> MosquittoBroker:
         broker = MosquittoBroker(tmp_path / f"broker{len(brokers)}", **kwargs)
         brokers.append(broker)
-        return broker.start()
+        return broker.start() if start else broker
 
     yield factory
     for broker in brokers:
-        broker.stop(kill=True)
+        broker.close()
 
 
 @pytest.fixture

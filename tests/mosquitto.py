@@ -1,4 +1,6 @@
-"""A real Mosquitto broker for tests: own config, free loopback port, temp dir, optional TLS/auth/ACL.
+"""A real Mosquitto broker for tests: the package's launcher (``edge_agent.demo.broker``: own config,
+reserved loopback port, temp dir, start/kill/restart) plus what only tests need: a throwaway CA and
+certificates, users, ACLs, pausing the broker, waiting for its persistence file.
 
 A real broker (not a fake) because the behaviours under test -- PUBACK timing, last will on a
 killed client, retained status, persistence across a broker restart -- are the broker's.
@@ -11,13 +13,17 @@ import ipaddress
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-MOSQUITTO = os.environ.get("MOSQUITTO_BIN", "/usr/sbin/mosquitto")
+from edge_agent.demo.broker import LocalBroker, PortReservation, free_port, mosquitto_path
+
+__all__ = ["MISSING_MESSAGE", "MOSQUITTO", "MosquittoBroker", "PortReservation", "TlsFiles", "free_port",
+           "make_ca_and_server", "make_client_cert", "mosquitto_available"]
+
+MOSQUITTO = mosquitto_path() or os.environ.get("MOSQUITTO_BIN", "/usr/sbin/mosquitto")
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 CA_CN = "crackseg test CA"
 MISSING_MESSAGE = (f"mosquitto broker not installed ({MOSQUITTO}); run the project's setup script "
@@ -25,13 +31,7 @@ MISSING_MESSAGE = (f"mosquitto broker not installed ({MOSQUITTO}); run the proje
 
 
 def mosquitto_available() -> bool:
-    return os.access(MOSQUITTO, os.X_OK)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return mosquitto_path() is not None
 
 
 @dataclass(frozen=True)
@@ -111,108 +111,56 @@ def make_client_cert(tls: TlsFiles, folder: Path, cn: str) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-class MosquittoBroker:
-    """One mosquitto process. ``start()``, ``stop(kill=True)`` (SIGKILL), ``restart()`` on the same port."""
+class MosquittoBroker(LocalBroker):
+    """One mosquitto process. ``start()``, ``stop(kill=True)`` (SIGKILL), ``restart()`` on the same port.
+
+    The process, config, port and log are ``LocalBroker``'s; this adds ``users`` (a password file),
+    ``acl`` (an ACL file's text), ``tls`` (a generated CA and server certificate; ``client_cert()``
+    makes client certificates), ``pause()``/``resume()`` and ``wait_saved()``.
+    """
 
     def __init__(self, workdir: str | Path, *, port: int | None = None, persistence: bool = False,
                  users: dict[str, str] | None = None, tls: bool = False, require_certificate: bool = False,
                  acl: str | None = None, extra_config: str = ""):
         if not mosquitto_available():
             raise RuntimeError(MISSING_MESSAGE)
-        self.dir = Path(workdir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
-        self.persistence = persistence
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
         self.users = dict(users or {})
-        self.tls_files: TlsFiles | None = make_ca_and_server(self.dir / "tls") if tls else None
+        self.tls_files: TlsFiles | None = make_ca_and_server(workdir / "tls") if tls else None
         self.require_certificate = require_certificate
         self.acl = acl
-        self.extra_config = extra_config
-        self.log_path = self.dir / "mosquitto.log"
-        self.proc: subprocess.Popen | None = None
-        self.config_path = self._write_config()
-
-    @property
-    def url(self) -> str:
-        return f"{'mqtts' if self.tls_files else 'mqtt'}://127.0.0.1:{self.port}"
-
-    @property
-    def host(self) -> str:
-        return "127.0.0.1"
-
-    def _write_config(self) -> Path:
-        lines = [f"listener {self.port} 127.0.0.1",
-                 f"allow_anonymous {'false' if self.users else 'true'}",
-                 f"log_dest file {self.log_path}",
-                 "log_type error", "log_type warning", "log_type notice", "log_type information",
-                 "connection_messages true",
-                 "user root" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""]
-        if self.persistence:
-            lines += ["persistence true", f"persistence_location {self.dir}/", "autosave_interval 1"]
+        lines: list[str] = []
         if self.users:
-            pw = self.dir / "passwd"
+            pw = workdir / "passwd"
             pw.write_text("")
             for user, password in self.users.items():
                 subprocess.run([MOSQUITTO_PASSWD, "-b", str(pw), user, password], check=True, capture_output=True)
             lines.append(f"password_file {pw}")
-        if self.acl is not None:
-            acl_path = self.dir / "acl"
-            acl_path.write_text(self.acl)
+        if acl is not None:
+            acl_path = workdir / "acl"
+            acl_path.write_text(acl)
             lines.append(f"acl_file {acl_path}")
         if self.tls_files:
             lines += [f"cafile {self.tls_files.ca_cert}", f"certfile {self.tls_files.server_cert}",
                       f"keyfile {self.tls_files.server_key}",
-                      f"require_certificate {'true' if self.require_certificate else 'false'}"]
-        lines.append(self.extra_config)
-        path = self.dir / "mosquitto.conf"
-        path.write_text("\n".join(line for line in lines if line) + "\n")
-        return path
+                      f"require_certificate {'true' if require_certificate else 'false'}"]
+        lines.append(extra_config)
+        # mosquitto's default queue limit, as a fleet broker would have
+        super().__init__(workdir, port=port, persistence=persistence, anonymous=not self.users,
+                         max_queued_messages=None, extra_config=lines)
+
+    @property
+    def scheme(self) -> str:
+        return "mqtts" if self.tls_files else "mqtt"
 
     def client_cert(self, cn: str) -> tuple[Path, Path]:
         assert self.tls_files is not None, "client certificates need a TLS broker"
         return make_client_cert(self.tls_files, self.dir / "tls", cn)
 
     def start(self, timeout: float = 10.0) -> MosquittoBroker:
-        if self.proc is not None and self.proc.poll() is None:
-            return self
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.config_path)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {err.strip()} "
-                                   f"{self.log_text()[-2000:]}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop(kill=True)
-        raise RuntimeError(f"mosquitto did not listen on port {self.port} within {timeout}s: {self.log_text()[-2000:]}")
-
-    def stop(self, kill: bool = False) -> None:
-        """SIGTERM (clean: persistence saved) or SIGKILL (a crashed broker)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)  # a paused broker cannot handle SIGTERM
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        if self.proc.stderr:
-            self.proc.stderr.close()
-        self.proc = None
-
-    def restart(self, kill: bool = False, down_s: float = 0.0) -> None:
-        """Stop, stay down ``down_s`` seconds, start again on the same port."""
-        self.stop(kill=kill)
-        if down_s:
-            time.sleep(down_s)
-        self.start()
+        super().start(timeout_s=timeout)
+        return self
 
     def pause(self) -> None:
         """SIGSTOP: connections stay open but nothing is acknowledged (a hung broker or dead link)."""
@@ -226,10 +174,10 @@ class MosquittoBroker:
     def wait_saved(self, after: float, timeout: float = 10.0) -> None:
         """Wait until the persistence file was written after ``after`` (epoch s).
 
-        With ``persistence`` the broker autosaves every few seconds; a test that SIGKILLs the
-        broker waits for a save so that subscriptions made before the kill survive it.
+        With ``persistence`` the broker autosaves every second; a test that SIGKILLs the broker
+        waits for a save so that subscriptions made before the kill survive it.
         """
-        db = self.dir / "mosquitto.db"
+        db = self.persistence_file
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if db.exists() and db.stat().st_mtime > after:
@@ -237,18 +185,5 @@ class MosquittoBroker:
             time.sleep(0.1)
         raise RuntimeError(f"mosquitto did not save {db} within {timeout}s (is persistence on?)")
 
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
     def __enter__(self) -> MosquittoBroker:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop(kill=True)

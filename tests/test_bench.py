@@ -18,7 +18,7 @@ import pytest
 from bench.agent import steady_fps
 from bench.machine import MachineInfo, device_estimates, peak_estimate
 from bench.run import device_config_sizes, goal_results, main
-from edge_agent.comms.local_broker import BrokerUnavailableError, find_mosquitto
+from edge_agent.demo.broker import BrokerUnavailableError, find_mosquitto
 
 REPO = Path(__file__).resolve().parents[1]
 HEADLINE_KEYS = ("speedup_int8_agent_vs_torch_fp32", "agent_overhead_fraction", "agent_rss_mb", "cold_start_s")

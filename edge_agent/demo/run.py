@@ -20,8 +20,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.agent.app import Agent
-from edge_agent.comms.local_broker import LocalBroker
 from edge_agent.config.loader import load_config
+from edge_agent.demo.broker import LocalBroker
 from edge_agent.video.synthetic import write_survey_video
 
 DEVICE_ID = "demo-van"
