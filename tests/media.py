@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_agent.demo.broker import PortReservation
 from edge_agent.video.synthetic import (
     VIDEO_CODECS,
     _size,
@@ -40,18 +41,21 @@ class MjpegServer:
     """An HTTP MJPEG camera on 127.0.0.1 (multipart/x-mixed-replace, like most IP cameras' /video.mjpg).
 
     ``stall()`` keeps connections open but stops sending (a frozen camera: reads block), ``resume()``
-    undoes it; ``stop()`` closes the port and all connections (camera off); ``start()`` brings it back on
-    the same port. Frames are a scrolling survey; the frame counter is drawn into the top-left corner.
+    undoes it; ``stop()`` closes the port and all connections (camera off: connections are refused, and
+    the port stays reserved for it); ``start()`` brings it back on the same port. Frames are a scrolling
+    survey; the frame counter is drawn into the top-left corner.
     """
 
     def __init__(self, size: int | tuple[int, int] = (160, 120), fps: float = 25.0, seed: int = 0, port: int = 0):
         self.size, self.fps = _size(size), fps
         self.port = port
-        self.frames_sent = 0
+        self.frames_sent = 0  # frames sent or being sent, over all connections
         self.connections = 0
+        self._lock = threading.Lock()
         self._stalled = threading.Event()
         self._closed = threading.Event()
         self._server: ThreadingHTTPServer | None = None
+        self._reservation: PortReservation | None = None
         self._frames = [f.copy() for f, _ in survey_frames(50, size, seed)]
 
     @property
@@ -70,16 +74,18 @@ class MjpegServer:
                 i = 0
                 try:
                     while not owner._closed.is_set():
-                        if owner._stalled.is_set():
+                        with owner._lock:  # stall() returns only once no further frame can start
+                            number = None if owner._stalled.is_set() else owner.frames_sent
+                            if number is not None:
+                                owner.frames_sent += 1
+                        if number is None:
                             time.sleep(0.02)
                             continue
                         img = owner._frames[i % len(owner._frames)].copy()
-                        cv2.putText(img, str(owner.frames_sent), (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
-                                    (255, 255, 255), 1)
+                        cv2.putText(img, str(number), (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
                         jpg = cv2.imencode(".jpg", img)[1].tobytes()
                         self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
                                          % len(jpg) + jpg + b"\r\n")
-                        owner.frames_sent += 1
                         i += 1
                         time.sleep(1.0 / owner.fps)
                 except OSError:
@@ -92,15 +98,20 @@ class MjpegServer:
 
     def start(self) -> MjpegServer:
         self._closed.clear()
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())  # binds over the reservation
         server.daemon_threads = True
         self.port = server.server_address[1]
         self._server = server
+        if self._reservation is not None:
+            self._reservation.release()
+            self._reservation = None
         threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 
     def stall(self) -> None:
-        self._stalled.set()
+        """From now on no frame is sent: ``frames_sent`` (sent or being sent) is final when this returns."""
+        with self._lock:
+            self._stalled.set()
 
     def resume(self) -> None:
         self._stalled.clear()
@@ -111,6 +122,7 @@ class MjpegServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+            self._reservation = PortReservation(port=self.port)
 
     def __enter__(self) -> MjpegServer:
         return self.start()

@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -29,19 +29,11 @@ from edge_agent.comms.outbox import Outbox
 from edge_agent.comms.topics import TopicError
 from edge_agent.config.mqtt import MqttConfig, MqttCredentialError, parse_broker_url
 from tests.conftest import Received, Subscriber
-from tests.mosquitto import MosquittoBroker, free_port
+from tests.helpers import wait_until
+from tests.mosquitto import MosquittoBroker
 
 OUTAGE_S = float(os.environ.get("CRACKSEG_TEST_OUTAGE_S", "3"))
 CAPTURE_TS = 1_714_555_812.345  # 2024-05-01T09:30:12.345Z
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture
@@ -237,8 +229,8 @@ def test_broker_outage_detections_queue_and_all_arrive(mosquitto: MosquittoBroke
 
 
 def test_starts_with_broker_down_and_bounds_drop_oldest(make_broker, subscriber, comm, tmp_path: Path) -> None:
-    port = free_port()
-    c = comm(f"mqtt://127.0.0.1:{port}", outbox={"max_messages": 5})
+    broker = make_broker(start=False)  # its port is reserved: connections are refused until it starts
+    c = comm(broker.url, outbox={"max_messages": 5})
     for i in range(8):
         c.publish_detection({"i": i}, ts=CAPTURE_TS)
     wait_until(lambda: c.stats().last_error is not None, 10, "a connection error in stats")
@@ -246,7 +238,7 @@ def test_starts_with_broker_down_and_bounds_drop_oldest(make_broker, subscriber,
     assert not s.connected and s.outbox_depth == 5 and s.dropped == 3
     assert "cannot reach the broker" in s.last_error
 
-    broker = make_broker(port=port)
+    broker.start()
     sub = subscriber(broker.url, "crackseg/van-1/detections")
     assert c.flush(30)
     got = sub.wait_for(5, timeout=20)
@@ -281,7 +273,12 @@ for i in range(first, first + count):
 if mode == "stop":
     print("stopped", c.stop(flush_timeout=30), flush=True)
 else:
-    time.sleep(0.5)  # let the sender hand the rows to paho
+    if mode == "frozen":  # the sender hands every row to paho; the broker acknowledges none
+        deadline = time.monotonic() + 20
+        while c.stats().published < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+    else:  # disconnected: the sender must hand nothing over; give a wrong one the time to show
+        time.sleep(0.5)
     print("waiting", c.stats().published, flush=True)
     time.sleep(600)
 '''
@@ -398,8 +395,11 @@ def test_agent_killed_with_unacked_rows_resends_them_on_next_start(mosquitto: Mo
     b = Publisher(script, mosquitto.url, outbox, 100, 0, "stop")
     b.finish()
     sub.wait_for(12, timeout=20)
-    time.sleep(0.3)
-    assert_at_least_once(sub.matching(), 12)
+    # a marker sent now reaches the subscriber after everything the broker routed before it (the dead
+    # client's duplicates too): when it is here, nothing is still on its way
+    sub.client.publish("crackseg/van-kill/detections", b"marker", qos=1).wait_for_publish(5)
+    sub.wait_for(1, predicate=lambda m: m.payload == b"marker")
+    assert_at_least_once(sub.matching(lambda m: m.payload != b"marker"), 12)
 
 
 # -- security -------------------------------------------------------------------------------
@@ -487,9 +487,11 @@ def test_commands_only_for_this_device(mosquitto: MosquittoBroker, subscriber, c
                        properties=props)
     sub.client.publish("crackseg/van-1/cmd/fail", "", qos=1)
     sub.client.publish("crackseg/van-1/cmd/bad", "not json", qos=1)
-    sub.wait_for(3, topic="crackseg/van-1/cmd/response")
-    time.sleep(0.3)  # anything wrongly accepted would have been answered by now
-    responses = sub.matching(topic="crackseg/van-1/cmd/response")
+    # commands are handled one by one in arrival order: when the marker, sent last, is answered, anything
+    # wrongly accepted before it has been answered too
+    sub.client.publish("crackseg/van-1/cmd/marker", "{}", qos=1)
+    sub.wait_for(1, topic="crackseg/van-1/cmd/response", predicate=lambda m: m.json()["command"] == "marker")
+    responses = sub.matching(lambda m: m.json()["command"] != "marker", topic="crackseg/van-1/cmd/response")
     assert len(responses) == 3
     by_cmd = {r.json()["command"]: r for r in responses}
     ok = by_cmd["reload"].json()
@@ -499,8 +501,8 @@ def test_commands_only_for_this_device(mosquitto: MosquittoBroker, subscriber, c
     fail = by_cmd["fail"].json()
     assert fail["ok"] is False and fail["error"] == "cannot do that now" and fail["request_id"] is None
     assert not by_cmd["bad"].json()["ok"] and "JSON object" in by_cmd["bad"].json()["error"]
-    assert sorted(cmd.name for cmd in calls) == ["fail", "reload"]  # not van-2's, not our own responses
-    assert c.stats().commands == 3
+    assert sorted(cmd.name for cmd in calls) == ["fail", "marker", "reload"]  # not van-2's, not our responses
+    assert c.stats().commands == 3 + 1  # and the marker
 
     assert "stale" not in [cmd.name for cmd in calls]
     sub.client.publish("crackseg/van-1/cmd/stale", b"", qos=1, retain=True).wait_for_publish(5)  # clean up

@@ -36,6 +36,7 @@ from edge_agent.video import (
 from edge_agent.video.frame import frame_problem
 from edge_agent.video.framequeue import FrameQueue
 from edge_agent.video.pipelines import gst_framerate
+from tests.helpers import PortReservation, thread_stack, wait_until
 from tests.media import (
     MjpegServer,
     make_pavement,
@@ -48,15 +49,6 @@ from tests.media import (
 pytestmark = pytest.mark.timeout(60)
 
 SIZE = (96, 64)  # (width, height)
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def offline(source: str, **kw) -> CameraConfig:
@@ -216,8 +208,8 @@ def test_frame_queue_policies():
     result = {}
     t = threading.Thread(target=lambda: result.update(r=b.put(2, cancelled=cancel.is_set)))
     t.start()
-    time.sleep(0.2)
-    assert t.is_alive()  # waiting for room
+    wait_until(lambda: thread_stack(t)[:2] == ["wait", "put"], what="put() to wait for room")
+    assert t.is_alive() and "r" not in result
     assert b.get(0) == 1
     t.join(2)
     assert result["r"] == (True, 0) and b.get(0) == 2
@@ -292,34 +284,39 @@ def test_looped_folder_that_disappears_is_reopened_when_it_is_back(tmp_path):
 
 
 def test_gives_up_after_max_reconnect_attempts():
-    srv = MjpegServer(SIZE).start()
-    url = srv.url
-    srv.stop()  # a port nobody listens on
-    cfg = live(url, max_reconnect_attempts=2, reconnect_backoff_min_s=0.05)
-    with capture_from_config(cfg) as cap:
-        assert wait_until(lambda: cap.end is not None)
-        assert isinstance(cap.get(1), EndOfStream)
-        stats = cap.stats()
+    with PortReservation() as nobody:  # a port nobody listens on (and nobody can take meanwhile)
+        cfg = live(f"http://127.0.0.1:{nobody.port}/video.mjpg", max_reconnect_attempts=2,
+                   reconnect_backoff_min_s=0.05)
+        with capture_from_config(cfg) as cap:
+            assert wait_until(lambda: cap.end is not None)
+            assert isinstance(cap.get(1), EndOfStream)
+            stats = cap.stats()
     assert cap.end.reason == "failed" and "could not open stream" in cap.end.error
     assert stats.state == "failed" and stats.open_failures == 3 and stats.reconnects == 2
 
 
-def test_stop_returns_promptly_even_when_the_read_blocks(server):
+def test_stop_returns_promptly_even_when_the_read_blocks(server, caplog):
     source = StreamSource(server.url, read_timeout_s=30)
     cap = FrameCapture(source, stall_timeout_s=30).start()
     assert cap.get(10) is not None
     server.stall()
-    time.sleep(0.5)  # the reader is now inside a blocking FFmpeg read (up to 30 s)
+    reader = wait_until(lambda: next((t for t in threading.enumerate() if t.name.startswith("capture-reader-")),
+                                     None), what="the reader thread")
+    # Blocked in FFmpeg's read (up to 30 s): it has every frame the camera sent but the last, which FFmpeg
+    # holds until the next part's boundary, which never comes, and it is inside grab().
+    wait_until(lambda: cap.stats().frames_read >= server.frames_sent - 1 and thread_stack(reader)[:1] == ["grab"],
+               what="the reader to block in its read")
     waiter: dict = {}
     consumer = threading.Thread(target=lambda: waiter.update(item=[cap.get(5) for _ in range(20)][-1]))
     consumer.start()
-    started = time.monotonic()
+    wait_until(lambda: thread_stack(consumer)[:3] == ["wait", "get", "get"], what="the consumer to wait in get()")
     cap.stop(timeout=2)
-    elapsed = time.monotonic() - started
+    # stop() did not wait for the read: the reader is still blocked in it, left behind, ...
+    assert thread_stack(reader)[:1] == ["grab"] and cap.stats().abandoned_readers == 1
+    # ... and the capture thread ended within stop's timeout (stop() logs it when it does not)
+    assert not [r for r in caplog.records if "did not stop within" in r.getMessage()]
     consumer.join(5)
-    assert elapsed < 1.5  # vs. the 30 s the blocked read would take
     assert waiter["item"] == EndOfStream("stopped")  # a consumer waiting in get() is woken up
-    assert cap.stats().abandoned_readers == 1
     assert cap.state == CaptureState.ENDED
 
 
