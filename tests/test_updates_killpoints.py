@@ -34,6 +34,7 @@ from pathlib import Path
 from edge_agent.config.sections import ModelConfig
 from edge_agent.config.updates import UpdatesConfig
 from edge_agent.comms.base import Command
+from edge_agent.updates.commands import UpdateCommands
 from edge_agent.updates.manager import Settings, UpdateManager, model_loader
 
 state, key, configured, action = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
@@ -52,7 +53,7 @@ elif action == "chunks":
     for i, part in enumerate(parts):
         args = {"transfer_id": "kill", "index": i, "count": len(parts), "sha256": sys.argv[6],
                 "data": base64.b64encode(part).decode()}
-        result = m.handle_chunk_command(Command("model-chunk", args, "crackseg/van-1/cmd/model-chunk"))
+        result = UpdateCommands(m).chunk(Command("model-chunk", args, "crackseg/van-1/cmd/model-chunk"))
         if result["complete"]:
             break
     m.wait(60)

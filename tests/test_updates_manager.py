@@ -22,6 +22,7 @@ from edge_agent.comms.base import Command, CommandError
 from edge_agent.config.sections import ModelConfig
 from edge_agent.config.updates import UpdatesConfig
 from edge_agent.updates.audit import AuditLog
+from edge_agent.updates.commands import UpdateCommands
 from edge_agent.updates.manager import Settings, UpdateManager, model_loader
 from edge_agent.updates.watch import ServiceWatch, WatchRules
 from tests.test_updates_store import (
@@ -75,7 +76,7 @@ class Harness:
 
     def update(self, url: str, sha256: str, **extra) -> dict:
         cmd = Command("model-update", {"url": url, "sha256": sha256, **extra}, "crackseg/van-1/cmd/model-update")
-        accepted = self.manager.handle_update_command(cmd)
+        accepted = UpdateCommands(self.manager).update(cmd)
         assert accepted["accepted"]
         assert self.manager.wait(60)
         return self.events[-1]
@@ -238,7 +239,7 @@ def test_malformed_commands_are_refused_at_once(harness: Harness) -> None:
                         ({"url": "file:///x", "sha256": "abc"}, "64 hex digits"),
                         ({"url": "file:///x", "sha256": "0" * 64, "colour": "red"}, "'colour': Extra inputs")]:
         with pytest.raises(CommandError, match=match):
-            m.handle_update_command(Command("model-update", args, "crackseg/van-1/cmd/model-update"))
+            UpdateCommands(m).update(Command("model-update", args, "crackseg/van-1/cmd/model-update"))
     assert harness.events == []
 
 
@@ -343,9 +344,9 @@ def test_one_update_at_a_time_and_manual_rollback(harness: Harness, archives) ->
     h = harness
     h.update(archives["2.0.0"].as_uri(), sha256_of(archives["2.0.0"]))
     with pytest.raises(CommandError, match="still being watched"):
-        h.manager.handle_update_command(Command("model-update", {"url": archives["1.0.0"].as_uri(),
+        UpdateCommands(h.manager).update(Command("model-update", {"url": archives["1.0.0"].as_uri(),
                                                                  "sha256": sha256_of(archives["1.0.0"])}, "t"))
-    result = h.manager.handle_rollback_command(Command("model-rollback", {"key_id": "office"}, "t"))
+    result = UpdateCommands(h.manager).rollback(Command("model-rollback", {"key_id": "office"}, "t"))
     assert result["stage"] == "rolled_back" and result["origin"] == "office" and h.version == "1.0.0"
     status = h.manager.status(include_installed=True)
     assert status["stage"] == "idle" and status["active"].startswith("tiny-1.0.0-")
@@ -378,7 +379,7 @@ def test_chunked_transfer_over_a_real_broker_survives_a_restart(harness: Harness
                                                                 subscriber, tmp_path) -> None:
     from edge_agent.comms.mqtt import MqttCommunicator
     from edge_agent.config.mqtt import MqttConfig
-    from edge_agent.updates.download import iter_chunk_commands
+    from edge_agent.updates.chunks import iter_chunk_commands
 
     h = harness
     archive, sha = archives["2.0.0"], sha256_of(archives["2.0.0"])
@@ -440,15 +441,15 @@ def test_chunks_with_the_wrong_hash_are_discarded_as_a_whole(harness: Harness, a
     for i, p in enumerate(parts):
         args = {"transfer_id": "bad", "index": i, "count": len(parts), "sha256": "1" * 64, "data": p}
         if i < len(parts) - 1:
-            m.handle_chunk_command(Command("model-chunk", args, "t"))
+            UpdateCommands(m).chunk(Command("model-chunk", args, "t"))
         else:
             with pytest.raises(CommandError, match="the transfer was discarded"):
-                m.handle_chunk_command(Command("model-chunk", args, "t"))
+                UpdateCommands(m).chunk(Command("model-chunk", args, "t"))
     assert m.chunks.status("bad") is None and harness.version == "1.0.0"
     with pytest.raises(CommandError, match="not base64"):
-        m.handle_chunk_command(Command("model-chunk", {"transfer_id": "x", "index": 0, "count": 1,
+        UpdateCommands(m).chunk(Command("model-chunk", {"transfer_id": "x", "index": 0, "count": 1,
                                                        "sha256": "1" * 64, "data": "@@@"}, "t"))
     with pytest.raises(CommandError, match="chunk_max_bytes"):
-        m.handle_chunk_command(Command("model-chunk", {"transfer_id": "x", "index": 0, "count": 1,
+        UpdateCommands(m).chunk(Command("model-chunk", {"transfer_id": "x", "index": 0, "count": 1,
                                                        "sha256": "1" * 64,
                                                        "data": base64.b64encode(b"x" * 300_000).decode()}, "t"))

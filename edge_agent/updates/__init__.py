@@ -1,9 +1,13 @@
 """Over-the-air model updates: verified download, self-test, atomic switch, watch and rollback.
 
 - ``store``: installed bundles under ``<state_dir>/models`` with ``active``/``previous`` links;
-- ``download``: http/https/file downloads and chunked transfer over MQTT;
-- ``manager``: ``UpdateManager``, the ``model-update``/``model-chunk``/``model-rollback``/
-  ``model-status`` commands and the in-service watch;
+- ``download``: http/https/file downloads; ``chunks``: chunked transfer over MQTT;
+- ``manager``: ``UpdateManager``, the flow from a command to a confirmed or rolled back model;
+- ``state``: its stages (``Stage``) and the lock that guards only their transitions;
+- ``recovery``: what to load at start, a switch being watched when the agent restarted;
+- ``commands``: the ``model-*`` commands as manager calls; ``device``: loading and self-testing
+  a model with the device's settings;
+- ``watch``: the in-service rules;
 - ``signed_commands``: Ed25519-signed, fresh, one-time commands;
 - ``audit``: ``<state_dir>/audit.jsonl``;
 - ``cli``: ``crackseg-edge model list|activate|rollback``.
@@ -18,8 +22,9 @@ from typing import Any
 # Resolved on first use: keeps ``import edge_agent.updates`` light and lets
 # ``python -m edge_agent.updates.signed_commands`` run without a double import.
 _EXPORTS = {
-    "AuditLog": "audit", "ChunkAssembler": "download", "DownloadArea": "download", "DownloadError": "download",
-    "TransferError": "download", "Settings": "manager", "UpdateManager": "manager", "model_loader": "manager",
+    "AuditLog": "audit", "ChunkAssembler": "chunks", "DownloadArea": "download", "DownloadError": "download",
+    "TransferError": "chunks", "Settings": "device", "UpdateManager": "manager", "model_loader": "device",
+    "Stage": "state", "UpdateCommands": "commands", "register_commands": "commands",
     "CommandVerifier": "signed_commands", "make_command_verifier": "signed_commands",
     "sign_command": "signed_commands", "ModelStore": "store", "StoreError": "store", "UpdateError": "store",
     "ServiceWatch": "watch", "WatchDecision": "watch", "WatchRules": "watch",

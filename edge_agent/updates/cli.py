@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edge_agent.errors import EXIT_USER_ERROR, UserError
 from edge_agent.updates.audit import AUDIT_NAME, AuditLog
-from edge_agent.updates.manager import cli_origin, model_loader, selftest_segmenter
+from edge_agent.updates.device import cli_origin, model_loader, selftest_segmenter
 from edge_agent.updates.store import ModelStore, UpdateError
 
 

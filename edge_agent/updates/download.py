@@ -1,26 +1,19 @@
-"""Getting a bundle archive onto the device: http/https/file downloads and chunks sent over MQTT.
+"""Getting a bundle archive onto the device: http/https/file downloads (chunks: see chunks.py).
 
-Both end in the same place, ``<state_dir>/downloads/<sha256>.<tar.gz|tar|zip>``, and only
-after the size limit, the announced size and the announced sha256 all held. Data is
-streamed to a ``.part`` file (a 200 MB bundle never sits in memory) and renamed into place
-after an fsync, so a file without ``.part`` is always complete.
-
-Chunked transfer is for vehicles whose only link is the broker: the office splits the
-archive into ``model-chunk`` commands; each chunk is stored on disk as it arrives, so a
-restart (or a lost link) only costs the chunks not yet received. The office may resend
-any chunk; duplicates are harmless.
+Downloads and chunked transfers end in the same place,
+``<state_dir>/downloads/<sha256>.<tar.gz|tar|zip>``, and only after the size limit, the
+announced size and the announced sha256 all held. Data is streamed to a ``.part`` file (a
+200 MB bundle never sits in memory) and renamed into place after an fsync, so a file without
+``.part`` is always complete.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import logging
 import os
 import re
 import shutil
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,20 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from edge_agent.updates.store import (
-    UpdateError,
-    fsync_path,
-    kill_point,
-    write_file_synced,
-)
+from edge_agent.updates.store import UpdateError, fsync_path
 from edge_agent.util.files import sha256_file
 from edge_agent.util.urls import redact_url
 
 log = logging.getLogger(__name__)
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-TRANSFER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-MAX_CHUNKS = 65536
 BLOCK = 1 << 16
 SOCKET_TIMEOUT_S = 30.0
 USER_AGENT = "crackseg-edge-updater"
@@ -52,10 +38,6 @@ Progress = Callable[[int, int | None], None]
 
 class DownloadError(UpdateError):
     """A download that was refused or failed; nothing was kept."""
-
-
-class TransferError(UpdateError):
-    """A ``model-chunk`` command that cannot be accepted (the chunks received so far are kept)."""
 
 
 def archive_suffix(path: Path) -> str:
@@ -236,176 +218,3 @@ class DownloadArea:
                                 "later") from None
         except OSError as exc:
             raise DownloadError(f"{what}: connection failed ({exc})") from None
-
-
-# -- chunked transfer over MQTT ------------------------------------------------------------
-def iter_chunk_commands(archive: str | Path, chunk_bytes: int = 192 * 1024, transfer_id: str | None = None,
-                        version: str | None = None):
-    """Office side: the ``model-chunk`` bodies for ``archive``, in order (publish each, QoS 1).
-
-    ``chunk_bytes`` is the decoded size; base64 adds a third, so the default stays under a
-    256 KiB broker ``message_size_limit`` and under the device's ``updates.chunk_max_bytes``.
-    """
-    archive = Path(archive)
-    size = archive.stat().st_size
-    sha256 = sha256_file(archive)
-    count = max(1, -(-size // chunk_bytes))
-    tid = transfer_id or f"t-{sha256[:16]}"
-    with open(archive, "rb") as f:
-        for index in range(count):
-            body = {"transfer_id": tid, "index": index, "count": count, "sha256": sha256,
-                    "data": base64.b64encode(f.read(chunk_bytes)).decode("ascii")}
-            if version:
-                body["version"] = version
-            yield body
-
-
-@dataclass(frozen=True)
-class ChunkProgress:
-    transfer_id: str
-    received: int
-    count: int
-    bytes: int
-    complete: Path | None = None
-
-    def to_dict(self) -> dict:
-        return {"transfer_id": self.transfer_id, "received": self.received, "count": self.count,
-                "bytes": self.bytes, "complete": self.complete is not None}
-
-
-class ChunkAssembler:
-    """``<downloads>/transfers/<transfer_id>/``: ``meta.json`` plus one file per received chunk."""
-
-    def __init__(self, area: DownloadArea, max_bundle_bytes: int, chunk_max_bytes: int,
-                 max_age_s: float = 7 * 24 * 3600.0):
-        self.area = area
-        self.dir = area.root / "transfers"
-        self.max_bundle_bytes = int(max_bundle_bytes)
-        self.chunk_max_bytes = int(chunk_max_bytes)
-        self.max_age_s = max_age_s
-        self._lock = threading.Lock()
-
-    def _check(self, transfer_id: object, index: object, count: object, sha256: object) -> tuple[str, int, int, str]:
-        if not isinstance(transfer_id, str) or not TRANSFER_ID_RE.match(transfer_id):
-            raise TransferError("'transfer_id' must be 1-64 letters, digits, '_', '-' or '.'")
-        for name, v in (("index", index), ("count", count)):
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TransferError(f"'{name}' must be an integer")
-        assert isinstance(index, int) and isinstance(count, int)
-        if not 1 <= count <= MAX_CHUNKS:
-            raise TransferError(f"'count' must be between 1 and {MAX_CHUNKS}")
-        if not 0 <= index < count:
-            raise TransferError(f"'index' {index} is outside 0..{count - 1}")
-        try:
-            sha = check_sha256(sha256)
-        except DownloadError as exc:
-            raise TransferError(str(exc)) from None
-        return transfer_id, index, count, sha
-
-    def add(self, transfer_id: str, index: int, count: int, sha256: str, data: bytes) -> ChunkProgress:
-        """Store one chunk durably; when it was the last missing one, assemble and verify the archive."""
-        transfer_id, index, count, sha256 = self._check(transfer_id, index, count, sha256)
-        if len(data) > self.chunk_max_bytes:
-            raise TransferError(f"chunk {index} holds {len(data)} bytes, over updates.chunk_max_bytes "
-                                f"({self.chunk_max_bytes}); split the archive into smaller chunks")
-        if not data:
-            raise TransferError(f"chunk {index} is empty")
-        with self._lock:
-            done = self.area.find_complete(sha256)
-            if done is not None:  # assembled before (a resend after a restart or a lost response)
-                self._remove(transfer_id)
-                return ChunkProgress(transfer_id, count, count, done.stat().st_size, done)
-            folder = self.dir / transfer_id
-            meta = self._meta(folder)
-            if meta is None:
-                folder.mkdir(parents=True, exist_ok=True)
-                meta = {"transfer_id": transfer_id, "count": count, "sha256": sha256, "created": time.time()}
-                write_file_synced(folder / "meta.json", json.dumps(meta).encode())
-            elif meta["count"] != count or meta["sha256"] != sha256:
-                raise TransferError(f"transfer '{transfer_id}' was started with count {meta['count']} and sha256 "
-                                    f"{meta['sha256'][:12]}...; use a new transfer_id for another file")
-            have = self._received(folder)
-            total = sum(have.values()) - have.get(index, 0) + len(data)
-            if total > self.max_bundle_bytes:
-                raise TransferError(f"transfer '{transfer_id}' exceeds updates.max_bundle_bytes "
-                                    f"({self.max_bundle_bytes} bytes); refused")
-            write_file_synced(folder / f"chunk-{index:06d}", data)
-            have[index] = len(data)
-            kill_point("chunk_written")
-            if len(have) < count:
-                return ChunkProgress(transfer_id, len(have), count, total)
-            path = self._assemble(folder, count, sha256, transfer_id)
-            return ChunkProgress(transfer_id, count, count, total, path)
-
-    def _assemble(self, folder: Path, count: int, sha256: str, transfer_id: str) -> Path:
-        files = [folder / f"chunk-{i:06d}" for i in range(count)]
-        state = {"i": 0, "f": None}
-
-        def read(n: int) -> bytes:
-            while state["i"] < len(files):
-                if state["f"] is None:
-                    state["f"] = open(files[state["i"]], "rb")
-                block = state["f"].read(n)
-                if block:
-                    return block
-                state["f"].close()
-                state["f"] = None
-                state["i"] += 1
-            return b""
-
-        try:
-            path = self.area.receive(sha256, read, what=f"transfer '{transfer_id}'",
-                                     max_bytes=self.max_bundle_bytes)
-        except DownloadError as exc:
-            self._remove(transfer_id)  # the chunks are wrong as a whole: start over
-            raise TransferError(f"{exc}; the transfer was discarded, send all chunks again") from None
-        finally:
-            if state["f"] is not None:
-                state["f"].close()
-        kill_point("assembled")
-        self._remove(transfer_id)
-        return path
-
-    def status(self, transfer_id: str) -> dict | None:
-        folder = self.dir / transfer_id
-        meta = self._meta(folder)
-        if meta is None:
-            return None
-        have = self._received(folder)
-        missing = [i for i in range(meta["count"]) if i not in have]
-        return {"transfer_id": transfer_id, "count": meta["count"], "received": len(have), "missing": missing[:100]}
-
-    def cleanup_stale(self) -> list[str]:
-        """Drop transfers older than ``max_age_s`` and those whose archive is complete already."""
-        removed = []
-        if not self.dir.is_dir():
-            return removed
-        with self._lock:
-            for folder in self.dir.iterdir():
-                meta = self._meta(folder)
-                stale = meta is None or time.time() - float(meta.get("created", 0)) > self.max_age_s
-                if stale or self.area.find_complete(meta["sha256"]) is not None:
-                    shutil.rmtree(folder, ignore_errors=True)
-                    removed.append(folder.name)
-        return removed
-
-    def _remove(self, transfer_id: str) -> None:
-        shutil.rmtree(self.dir / transfer_id, ignore_errors=True)
-
-    @staticmethod
-    def _meta(folder: Path) -> dict | None:
-        try:
-            meta = json.loads((folder / "meta.json").read_text())
-        except (OSError, ValueError):
-            return None
-        ok = isinstance(meta, dict) and isinstance(meta.get("count"), int) and isinstance(meta.get("sha256"), str)
-        return meta if ok else None
-
-    @staticmethod
-    def _received(folder: Path) -> dict[int, int]:
-        have: dict[int, int] = {}
-        for p in folder.glob("chunk-*"):
-            suffix = p.name[len("chunk-"):]
-            if suffix.isdigit():
-                have[int(suffix)] = p.stat().st_size
-        return have

@@ -1,0 +1,136 @@
+"""The ``model-*`` commands: from an MQTT command to a manager call, and from an error to an answer.
+
+Why an adapter apart from the manager: the manager is also driven by the CLI, by start-up
+recovery and by its own watch; only commands need argument models, the meta fields every
+command may carry, and the translation of every refusal into a ``CommandError`` (the answer
+``ok: false`` with that message). Nothing here changes state itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge_agent.comms.base import Command, CommandError
+from edge_agent.updates.chunks import TransferError
+from edge_agent.updates.download import check_sha256
+from edge_agent.updates.state import Job
+from edge_agent.updates.store import UpdateError
+
+if TYPE_CHECKING:
+    from edge_agent.updates.manager import UpdateManager
+
+# Fields a command may carry besides its own arguments (request ids, signature, envelope).
+COMMAND_META_KEYS = frozenset({"request_id", "id", "msg_id", "sig", "key_id", "ts", "nonce", "schema_version",
+                               "seq", "device_id", "sent_ts"})
+
+
+class UpdateRequest(BaseModel):
+    """The ``model-update`` command: where the archive is and what it must be."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1)
+    sha256: str
+    size: int | None = Field(None, ge=1)
+    version: str | None = Field(None, min_length=1)
+
+
+class ChunkRequest(BaseModel):
+    """One ``model-chunk`` command; ``sha256`` is that of the whole archive."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    transfer_id: str
+    index: int = Field(ge=0)
+    count: int = Field(ge=1)
+    sha256: str
+    data: str
+    version: str | None = Field(None, min_length=1)
+
+
+def parse_args(model: type[BaseModel], cmd: Command) -> Any:
+    """Validate a command's JSON object (meta fields removed) into ``model``, or a CommandError."""
+    args = {k: v for k, v in cmd.args.items() if k not in COMMAND_META_KEYS}
+    try:
+        return model.model_validate(args)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        raise CommandError(f"{cmd.name}: '{where}': {err['msg']}") from None
+
+
+def command_origin(cmd: Command) -> str:
+    """Who sent it, as far as the device can tell: the signing key id, else the topic (as the
+    command audit records of ``CommandRegistry`` say it)."""
+    key_id = cmd.args.get("key_id")
+    return key_id if isinstance(key_id, str) and key_id else cmd.topic
+
+
+def new_update_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class UpdateCommands:
+    """``model-update``, ``model-chunk``, ``model-rollback`` and ``model-status`` of one manager."""
+
+    def __init__(self, manager: UpdateManager):
+        self.manager = manager
+
+    def register(self, registry: Any) -> None:
+        registry.register("model-update", self.update)
+        registry.register("model-chunk", self.chunk)
+        registry.register("model-rollback", self.rollback)
+        registry.register("model-status", self.status)
+
+    def update(self, cmd: Command) -> dict:
+        req = parse_args(UpdateRequest, cmd)
+        try:
+            sha = check_sha256(req.sha256)
+            job = Job(update_id=new_update_id(), origin=command_origin(cmd), sha256=sha, url=req.url,
+                      size=req.size, version=req.version)
+            return self.manager.start(job)
+        except UpdateError as exc:
+            raise CommandError(str(exc)) from None
+
+    def chunk(self, cmd: Command) -> dict:
+        req = parse_args(ChunkRequest, cmd)
+        try:
+            data = base64.b64decode(req.data, validate=True)
+        except (binascii.Error, ValueError):
+            raise CommandError("model-chunk: 'data' is not base64") from None
+        try:
+            progress = self.manager.chunks.add(req.transfer_id, req.index, req.count, req.sha256, data)
+        except (TransferError, UpdateError) as exc:
+            raise CommandError(str(exc)) from None
+        result = progress.to_dict()
+        if progress.complete is None:
+            return result
+        job = Job(update_id=new_update_id(), origin=command_origin(cmd), sha256=req.sha256.lower(),
+                  path=progress.complete, version=req.version)
+        try:
+            result["update"] = self.manager.start(job)
+        except UpdateError as exc:
+            raise CommandError(f"all {progress.count} chunks received and the archive verified, but {exc}; "
+                               "resend any chunk of this transfer later to start the update") from None
+        return result
+
+    def rollback(self, cmd: Command) -> dict:
+        try:
+            return self.manager.rollback("requested by command", origin=command_origin(cmd), automatic=False)
+        except UpdateError as exc:
+            raise CommandError(str(exc)) from None
+
+    def status(self, cmd: Command) -> dict:
+        return self.manager.status(include_installed=True)
+
+
+def register_commands(manager: UpdateManager, registry: Any) -> UpdateCommands:
+    """Register the ``model-*`` commands of ``manager`` on a ``CommandRegistry``."""
+    commands = UpdateCommands(manager)
+    commands.register(registry)
+    return commands
