@@ -14,6 +14,8 @@ from pathlib import Path
 
 from edge_agent.errors import EXIT_USER_ERROR, UserError
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 
 # -- segment ---------------------------------------------------------------------------
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -98,10 +100,45 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 # -- agent -----------------------------------------------------------------------------
-def cmd_run(args: argparse.Namespace) -> int:
-    from edge_agent.agent.app import run_from_cli
+def run_overrides(args: argparse.Namespace) -> dict:
+    """The flags of ``crackseg-edge run`` as config overrides; flags not given are left out."""
+    flags = {
+        "camera.source": args.source, "mqtt.url": args.mqtt_url, "device_id": args.device_id,
+        "state_dir": args.state_dir, "model.path": args.model, "model.backend": args.backend,
+        "logging.level": args.log_level.upper() if args.log_level else None,
+    }
+    return {k: v for k, v in flags.items() if v is not None}
 
-    return run_from_cli(args)
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``crackseg-edge run``: the last stdout line is the JSON run summary.
+
+    Exit status 0 when every processed frame was reported; 1 when reporting failed for some
+    frames (the summary's ``report_errors`` says how many), so a batch job notices.
+    """
+    import signal
+
+    from edge_agent.agent.app import Agent
+    from edge_agent.config.loader import load_config
+
+    overrides = run_overrides(args)
+    cfg = load_config(args.config, overrides)
+    logging.getLogger().setLevel(getattr(logging, cfg.logging.level))
+    agent = Agent(cfg, config_path=args.config, max_frames=args.max_frames, overrides=overrides)
+    previous = {sig: signal.signal(sig, agent.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        agent.start()
+        agent.wait()
+        summary = agent.shutdown()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(json.dumps(summary), flush=True)
+    if summary.get("report_errors"):
+        print(f"crackseg-edge: {summary['report_errors']} frame(s) could not be reported; see the log",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -118,7 +155,9 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crackseg-edge", description="Pavement-crack segmentation on the edge.")
-    p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
+                   help="log level (default: WARNING; for 'run' the config's logging.level, which "
+                        "CRACKSEG_LOGGING__LEVEL and LOG_LEVEL override)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_args(sp: argparse.ArgumentParser) -> None:
@@ -158,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-frames", type=int, help="stop after N frames once everything is delivered or persisted")
     r.add_argument("--model", help="model file or bundle (overrides the config)")
     r.add_argument("--backend", choices=["onnx", "tflite"])
-    r.add_argument("--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO, WARNING, ERROR")
+    r.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default=argparse.SUPPRESS,
+                   help="log level; overrides logging.level of the config")
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="run the agent on a generated survey clip through a local broker")
@@ -178,8 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    log_level = getattr(args, "log_level", "WARNING")
-    logging.basicConfig(level=getattr(logging, str(log_level).upper(), logging.WARNING),
+    logging.basicConfig(level=getattr(logging, args.log_level or "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)

@@ -1,11 +1,15 @@
-"""The edge agent: wires camera, model, measurement, position, MQTT, service and commands.
+"""The edge agent's composition root: named start steps, stopped in reverse order.
 
-Lifecycle: ``start()`` loads the model (failing fast with a clear error), opens the
-camera, connects to the broker in the background (detections queue in the outbox until it
-is up), and starts the pipeline threads; ``wait()`` returns when the source ends,
-``max_frames`` is reached or a signal arrives; ``shutdown()`` stops capture, lets every
-segmented frame be reported, flushes the outbox (what the broker has not acknowledged
-stays on disk for the next start) and says ``stopped``.
+``start()`` runs the steps below in order; each returns how to undo itself. A failing step
+undoes the ones before it (in reverse), so a refused start leaves no camera open, no broker
+link and no retained status behind. ``shutdown()`` runs the same teardowns in reverse: the
+pipeline drains first, then every segmented frame's message is flushed to the broker (or
+stays in the outbox for the next start) and the run summary is taken, then the link, the
+position receiver, the camera and the update manager close.
+
+Local resources (the HTTP port, the outbox file lock, the model, the camera) are taken
+before the broker is contacted: a second agent on the same host fails before it can publish
+anything under the running agent's device id.
 """
 
 from __future__ import annotations
@@ -13,174 +17,262 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from edge_agent.agent.commands import (
-    Command,
-    CommandError,
-    CommandRegistry,
-    require_number,
-)
+from edge_agent.agent.commands import AgentCommands, CommandRegistry, ConfigHolder, PauseSwitch
 from edge_agent.agent.health import HealthCollector
-from edge_agent.agent.pipeline import InferenceStage, ModelSlot, ReportStage
+from edge_agent.agent.pipeline import InferenceStage, ModelSlot, ReportStage, Segmented
 from edge_agent.agent.reporter import Reporter
+from edge_agent.agent.setup import AgentError, load_segmenter, prepare_camera_config
 from edge_agent.agent.stats import PipelineStats
-from edge_agent.comms.mqtt import MqttCommunicator
+from edge_agent.comms import Communicator, open_communicator
 from edge_agent.config.agent import AgentConfig
-from edge_agent.config.loader import ConfigError, load_config
-from edge_agent.detectors import ModelError, open_model
-from edge_agent.errors import UserError
-from edge_agent.position import create_position_provider
+from edge_agent.detectors import Segmenter
+from edge_agent.position import PositionProvider, create_position_provider
 from edge_agent.service.notify import Notifier
 from edge_agent.service.watchdog import FrameWatchdog
 from edge_agent.stats import system
 from edge_agent.video.capture import FrameCapture
-from edge_agent.video.factory import capture_from_config, parse_source
+from edge_agent.video.factory import capture_from_config
+
+if TYPE_CHECKING:
+    from edge_agent.service.http import HealthServer
+    from edge_agent.updates.manager import UpdateManager
 
 log = logging.getLogger(__name__)
+
+Teardown = Callable[[], None]
+
 
 def _process_start() -> float:
     """When this process started (cold-start figures count from exec, not from import)."""
     try:
         import psutil
 
-        return psutil.Process().create_time()
+        return float(psutil.Process().create_time())
     except Exception:
         return time.time()
 
 
 PROCESS_START = _process_start()
 
-
-class AgentError(UserError):
-    """The agent cannot start or run as configured; the message says what to fix."""
-
-
-def prepare_camera_config(cfg: AgentConfig) -> AgentConfig:
-    """Files and folders are processed losslessly unless the config chose otherwise.
-
-    A live camera must drop stale frames when inference falls behind; a recorded survey
-    clip must not lose any, so its queue blocks instead (when ``queue_policy`` is unset).
-    """
-    cam = cfg.camera
-    if "queue_policy" in cam.model_fields_set:
-        return cfg
-    try:
-        kind = parse_source(cam.source, cam.kind).kind
-    except Exception:
-        return cfg  # start() reports the source problem with its own message
-    if kind in ("file", "folder"):
-        return cfg.model_copy(update={"camera": cam.model_copy(update={"queue_policy": "block"})})
-    return cfg
+__all__ = ["PROCESS_START", "Agent", "AgentError", "prepare_camera_config"]
 
 
 class Agent:
+    """Camera -> model -> measurement -> MQTT, with health, commands and updates around it."""
+
     def __init__(self, cfg: AgentConfig, config_path: str | Path | None = None, max_frames: int | None = None,
                  overrides: dict | None = None, flush_timeout_s: float = 30.0):
-        self.cfg = prepare_camera_config(cfg)
-        self.config_path = Path(config_path) if config_path else None
-        self.overrides = overrides or {}
+        self.config = ConfigHolder(prepare_camera_config(cfg), Path(config_path) if config_path else None,
+                                   dict(overrides or {}))
         self.max_frames = max_frames
         self.flush_timeout_s = flush_timeout_s
         self.stats = PipelineStats()
         self.notifier = Notifier()
         self.watchdog = FrameWatchdog(self.notifier)
+        self.pause = PauseSwitch()
+        self.summary: dict[str, Any] = {}
+        # Set by the start steps, in this order:
+        self.http: HealthServer | None = None
+        self.updates: UpdateManager | None = None
+        self.model: ModelSlot | None = None
+        self.capture: FrameCapture | None = None
+        self.position: PositionProvider | None = None
+        self.comms: Communicator | None = None
+        self.registry: CommandRegistry | None = None
+        self.reporter: Reporter | None = None
+        self.segmented: queue.Queue[Segmented | object] = queue.Queue(maxsize=8)
+        self.inference: InferenceStage | None = None
+        self.report: ReportStage | None = None
+        self.health: HealthCollector | None = None
+        self._health_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._ready_sent = False
-        self._threads: list[threading.Thread] = []
-        self.http = None
-        self.capture: FrameCapture | None = None
-        self.comms: MqttCommunicator | None = None
-        self.position = None
-        self.summary: dict = {}
-        self._memory_paused = False
-        self.updates = None  # UpdateManager when over-the-air updates are configured
+        self._teardown: list[tuple[str, Teardown]] = []
 
-    # -- model -----------------------------------------------------------------------------
-    def load_model(self, path: Path | None):
-        m = self.cfg.model
-        public_key = None
-        if m.public_key_file or m.public_key_credential:
-            from edge_agent.config import model_public_key
-
-            public_key = model_public_key(m)
-        segmenter = open_model(path, backend=m.backend, threads=m.threads, providers=m.onnx_providers(),
-                               public_key=public_key, require_signature=m.require_signature,
-                               precision=m.precision, threshold=m.threshold)
-        return segmenter
-
-    def _startup_model_path(self) -> Path | None:
-        if self.updates is not None:
-            installed = self.updates.resolve_startup_model()
-            if installed is not None:
-                return installed
-        return self.cfg.model.path
+    @property
+    def cfg(self) -> AgentConfig:
+        """The running config (reload-config replaces the parts that can change while running)."""
+        return self.config.current
 
     # -- lifecycle -------------------------------------------------------------------------
+    def start_steps(self) -> list[tuple[str, Callable[[], Teardown | None]]]:
+        """The named steps of ``start()``, in order."""
+        return [("state-dir", self._start_state_dir), ("http", self._start_http), ("updates", self._start_updates),
+                ("model", self._start_model), ("camera", self._start_camera), ("position", self._start_position),
+                ("communicator", self._start_communicator), ("commands", self._start_commands),
+                ("link", self._start_link), ("delivery", self._start_delivery), ("pipeline", self._start_pipeline),
+                ("health-loop", self._start_health_loop)]
+
     def start(self) -> None:
-        try:
-            self._start()
-        except BaseException:
-            self._close_partial()
-            raise
-
-    def _close_partial(self) -> None:
-        """Release what a failed start() had opened (camera, broker link, position, HTTP)."""
-        for closer in (lambda: self.capture.stop(0.5), lambda: self.comms.stop(flush_timeout=0.0),
-                       lambda: self.position.stop(), lambda: self.http.stop()):
+        for name, step in self.start_steps():
+            log.debug("start: %s", name)
             try:
-                closer()
-            except Exception:
-                pass
+                teardown = step()
+            except BaseException:
+                self._run_teardown()
+                raise
+            if teardown is not None:
+                self._teardown.append((name, teardown))
 
-    def _start(self) -> None:
-        cfg = self.cfg
-        Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
-        self._setup_updates()
-        segmenter = self.load_model(self._startup_model_path())
-        if cfg.model.expected_version and segmenter.info.version != cfg.model.expected_version:
-            raise AgentError(f"model version {segmenter.info.version} is not the expected "
-                             f"{cfg.model.expected_version} (model.expected_version / MODEL_VERSION)")
+    def wait(self) -> None:
+        """Until the source ends, ``max_frames`` is reached, or ``request_stop()``."""
+        inference = self.inference
+        while inference is not None and not self._stop.is_set() and inference.is_alive():
+            inference.join(timeout=0.5)
+
+    def request_stop(self, *_args: object) -> None:
+        self._stop.set()
+
+    def shutdown(self) -> dict[str, Any]:
+        """Undo every started step in reverse; returns the run summary."""
+        self.notifier.stopping("stopping: flushing detections")
+        self._stop.set()
+        self._run_teardown()
+        self.notifier.close()
+        return self.summary
+
+    def _run_teardown(self) -> None:
+        while self._teardown:
+            name, teardown = self._teardown.pop()
+            log.debug("stop: %s", name)
+            try:
+                teardown()
+            except Exception:
+                log.exception("stopping %s failed", name)
+
+    # -- start steps -----------------------------------------------------------------------
+    def _start_state_dir(self) -> None:
+        Path(self.cfg.state_dir).mkdir(parents=True, exist_ok=True)
+
+    def _start_http(self) -> Teardown | None:
+        if not self.cfg.http.enabled:
+            return None
+        from edge_agent.service.http import HealthServer  # prometheus-client only when served
+
+        self.http = HealthServer(self.cfg, self._health_flat)
+        self.http.start()
+        return self.http.stop
+
+    def _start_updates(self) -> Teardown | None:
+        updates_cfg = self.cfg.updates
+        if not updates_cfg.enabled:
+            return None
+        from edge_agent.updates.manager import UpdateManager
+
+        self.updates = UpdateManager(self.cfg, load_model=self._load_model, swap_model=self._swap_model,
+                                     report=self._report_update)
+        return self.updates.close
+
+    def _start_model(self) -> None:
+        path = self.updates.resolve_startup_model() if self.updates is not None else None
+        segmenter = self._load_model(path)
+        expected = self.cfg.model.expected_version
+        if expected and segmenter.info.version != expected:
+            raise AgentError(f"model version {segmenter.info.version} is not the expected {expected} "
+                             "(model.expected_version / MODEL_VERSION)")
         self.model = ModelSlot(segmenter)
         log.info("model %s %s on %s (%s), %s", segmenter.info.name, segmenter.info.version, segmenter.backend_name,
                  segmenter.info.precision, segmenter.info.strategy)
-        self.capture = capture_from_config(cfg.camera)
-        self.capture.start()
-        self.comms = MqttCommunicator(cfg.mqtt, cfg.device_id, state_dir=cfg.state_dir,
-                                      status={"model": self._model_status()})
-        self.position = create_position_provider(cfg.position)
-        self.position.start()
-        run_id = f"{cfg.device_id}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(PROCESS_START))}"
-        self.reporter = Reporter(self.comms, self.position, cfg.measurement, cfg.reporting, self.stats, run_id)
-        self.registry = CommandRegistry(verify=self._command_verifier(), audit=self._audit)
-        self._register_commands()
-        self.comms.subscribe_commands(self.registry)
-        self.comms.start()
-        self.segmented: queue.Queue = queue.Queue(maxsize=8)
-        self.inference = InferenceStage(self.capture, self.model, self.segmented, self.stats,
-                                        on_frame_done=self._frame_done, max_frames=self.max_frames,
-                                        on_inference_failure=self._inference_failed)
-        self.report = ReportStage(self.segmented, self.reporter, self.stats)
-        limit = cfg.health.memory_limit
-        self.health = HealthCollector(self.stats, self.capture, self.comms, self._model_info, self._model_manifest,
-                                      self.segmented.qsize, limit, paused=self.inference.paused.is_set,
-                                      extra=self._health_extra)
-        if cfg.http.enabled:
-            from edge_agent.service.http import (
-                HealthServer,  # prometheus-client only when served
-            )
 
-            self.http = HealthServer(cfg, self.health.flat)
-            self.http.start()
+    def _start_camera(self) -> Teardown:
+        self.capture = capture_from_config(self.cfg.camera)
+        self.capture.start()
+        return self.capture.stop
+
+    def _start_position(self) -> Teardown:
+        self.position = create_position_provider(self.cfg.position)
+        self.position.start()
+        return self.position.stop
+
+    def _start_communicator(self) -> Teardown:
+        comms = open_communicator(self.cfg.mqtt, self.cfg.device_id, state_dir=self.cfg.state_dir,
+                                  status={"model": self._model_status()})
+        self.comms = comms
+        return lambda: comms.stop(flush_timeout=0.5)
+
+    def _start_commands(self) -> None:
+        registry = CommandRegistry(verify=self._command_verifier(), audit=self._audit)
+        run_id = f"{self.cfg.device_id}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(PROCESS_START))}"
+        self.reporter = Reporter(self._comms(), self._position(), self.cfg.measurement, self.cfg.reporting,
+                                 self.stats, run_id)
+        AgentCommands(stats=self.stats, health_payload=self._health_payload, pause=self.pause,
+                      reporter=self.reporter, model=self._model_slot(), config=self.config).register(registry)
+        if self.updates is not None:
+            self.updates.register_commands(registry)
+        self.registry = registry
+        self._comms().subscribe_commands(registry)
+
+    def _start_link(self) -> None:
+        self._comms().start()
+
+    def _start_delivery(self) -> Teardown:
+        """Nothing to start; stopping flushes the outbox and takes the summary (after the pipeline drained)."""
+        return self._finish_delivery
+
+    def _start_pipeline(self) -> Teardown:
+        capture, reporter = self._capture(), self.reporter
+        assert reporter is not None
+        self.inference = InferenceStage(capture, self._model_slot(), self.segmented, self.stats,
+                                        on_frame_done=self._frame_done, max_frames=self.max_frames,
+                                        on_inference_failure=self._inference_failed, paused=self.pause.event)
+        self.report = ReportStage(self.segmented, reporter, self.stats)
+        self.health = HealthCollector(self.stats, capture, self._comms(), self._model_info, self._model_manifest,
+                                      self.segmented.qsize, self.cfg.health.memory_limit,
+                                      paused=lambda: self.pause.paused, extra=self._health_extra)
         self.report.start()
         self.inference.start()
-        self._threads = [threading.Thread(target=self._health_loop, name="health", daemon=True)]
-        for t in self._threads:
-            t.start()
+        return self._stop_pipeline
 
+    def _start_health_loop(self) -> Teardown:
+        thread = threading.Thread(target=self._health_loop, name="health", daemon=True)
+        self._health_thread = thread
+        thread.start()
+
+        def stop() -> None:
+            self._stop.set()
+            thread.join(timeout=5)
+
+        return stop
+
+    # -- teardown helpers ------------------------------------------------------------------
+    def _stop_pipeline(self) -> None:
+        inference, report = self.inference, self.report
+        if inference is not None:
+            inference.stop()
+            inference.join(timeout=10)
+        if report is not None:
+            report.join(timeout=30)
+        self.watchdog.stop()
+
+    def _finish_delivery(self) -> None:
+        comms, capture = self._comms(), self._capture()
+        delivered = comms.flush(self.flush_timeout_s)
+        link, cam, s = comms.stats(), capture.stats(), self.stats.snapshot()
+        inference = self.inference
+        self.summary = {
+            "frames": s["frames_processed"], "frames_in": s["frames_in"],
+            "detection_messages": s["detection_messages"], "detections_published": link.acked,
+            "pending": link.outbox_depth, "dropped": cam.frames_dropped + link.dropped,
+            "frames_dropped": cam.frames_dropped, "outbox_dropped": link.dropped,
+            "outbox_corrupt": link.outbox_corrupt, "outbox_lost_files": link.outbox_lost_files,
+            "frame_errors": s["frame_errors"], "inference_errors": s["inference_errors"],
+            "report_errors": s["report_errors"],
+            "cracks": s["cracks_reported"], "new_cracks": s["new_cracks"],
+            "fps_in": s["fps_in"], "fps_out": s["fps_out"], "inference_ms_p50": s["inference_ms_p50"],
+            "inference_ms_p95": s["inference_ms_p95"], "measure_ms_p50": s["measure_ms_p50"],
+            "first_frame_s": None if self.stats.first_frame_s is None else round(self.stats.first_frame_s, 3),
+            "elapsed_s": round(time.time() - PROCESS_START, 2), "rss_mb": round(system.process_rss_mb(), 1),
+            "delivered": delivered, "source_end": inference.end.reason if inference and inference.end else None,
+            "model": self._model_info(),
+        }
+
+    # -- pipeline callbacks ----------------------------------------------------------------
     def _frame_done(self) -> None:
         self.watchdog.heartbeat()
         if not self._ready_sent:
@@ -189,48 +281,9 @@ class Agent:
             self.notifier.ready(status=f"first frame processed; model {self._model_info()['name']}")
             self.watchdog.start()
 
-    def wait(self) -> None:
-        while not self._stop.is_set() and self.inference.is_alive():
-            self.inference.join(timeout=0.5)
-
-    def request_stop(self, *_args) -> None:
-        self._stop.set()
-
-    def shutdown(self) -> dict:
-        self.notifier.stopping("stopping: flushing detections")
-        self.inference.stop()
-        if self.capture is not None:
-            self.capture.stop()
-        self.inference.join(timeout=10)
-        self.report.join(timeout=30)
-        self.watchdog.stop()
-        self._stop.set()
-        delivered = self.comms.flush(self.flush_timeout_s) if self.comms else True
-        link = self.comms.stats()
-        cam = self.capture.stats()
-        s = self.stats.snapshot()
-        self.summary = {
-            "frames": s["frames_processed"], "frames_in": s["frames_in"],
-            "detection_messages": s["detection_messages"], "detections_published": link.acked,
-            "pending": link.outbox_depth, "dropped": cam.frames_dropped + link.dropped,
-            "frames_dropped": cam.frames_dropped, "outbox_dropped": link.dropped,
-            "frame_errors": s["frame_errors"], "inference_errors": s["inference_errors"],
-            "cracks": s["cracks_reported"], "new_cracks": s["new_cracks"],
-            "fps_in": s["fps_in"], "fps_out": s["fps_out"], "inference_ms_p50": s["inference_ms_p50"],
-            "inference_ms_p95": s["inference_ms_p95"], "measure_ms_p50": s["measure_ms_p50"],
-            "first_frame_s": None if self.stats.first_frame_s is None else round(self.stats.first_frame_s, 3),
-            "elapsed_s": round(time.time() - PROCESS_START, 2), "rss_mb": round(system.process_rss_mb(), 1),
-            "delivered": delivered, "source_end": self.inference.end.reason if self.inference.end else None,
-            "model": self._model_info(),
-        }
-        self.comms.stop(flush_timeout=0.5)
-        self.position.stop()
-        if self.http is not None:
-            self.http.stop()
+    def _inference_failed(self, exc: Exception, consecutive: int) -> None:
         if self.updates is not None:
-            self.updates.close()
-        self.notifier.close()
-        return self.summary
+            self.updates.on_inference_error(consecutive)
 
     # -- periodic --------------------------------------------------------------------------
     def _health_loop(self) -> None:
@@ -238,12 +291,16 @@ class Agent:
         while not self._stop.wait(1.0):
             self._check_memory()
             if self.updates is not None:
-                self._observe_update()
+                try:
+                    self.updates.observe(self.stats.snapshot())
+                except Exception:
+                    log.exception("update watch failed")
             if time.monotonic() >= next_health:
                 next_health = time.monotonic() + self.cfg.health.interval_s
                 try:
-                    self.comms.publish_health(self.health.payload())
-                    self.notifier.status(self.health.status_line())
+                    self._comms().publish_health(self._health_payload())
+                    if self.health is not None:
+                        self.notifier.status(self.health.status_line())
                 except Exception:
                     log.exception("health report failed")
 
@@ -252,134 +309,63 @@ class Agent:
         if not limit:
             return
         rss = system.process_rss_mb() * 2**20
-        if rss > limit and not self._memory_paused:
-            self._memory_paused = True
-            self.inference.paused.set()
+        if rss > limit and not self.pause.by_memory:
+            self.pause.set(memory=True)
             log.warning("RSS %.0f MB is above the memory limit %.0f MB: not accepting frames until it drops",
                         rss / 2**20, limit / 2**20)
-        elif self._memory_paused and rss < 0.9 * limit:
-            self._memory_paused = False
-            self.inference.paused.clear()
+        elif self.pause.by_memory and rss < 0.9 * limit:
+            self.pause.set(memory=False)
             log.warning("RSS back under the memory limit: accepting frames again")
 
-    # -- model info ------------------------------------------------------------------------
+    # -- health and model info -------------------------------------------------------------
+    def _health_flat(self) -> dict:
+        """What the HTTP endpoints read; 'not ready' until the pipeline exists."""
+        if self.health is None:
+            return {"model_loaded": self.model is not None, "heartbeat_age_s": None, "camera_last_frame_age_s": None,
+                    "outbox_writable": False, "uptime_s": self.stats.snapshot()["uptime_s"],
+                    "model": self._model_info() if self.model is not None else None, "model_manifest": None}
+        return self.health.flat()
+
+    def _health_payload(self) -> dict:
+        if self.health is None:
+            return {"state": "starting", "uptime_s": self.stats.snapshot()["uptime_s"]}
+        return self.health.payload()
+
     def _model_info(self) -> dict:
-        seg = self.model.get()
+        seg = self._model_slot().get()
         return {**seg.info.to_dict(), "threshold": seg.threshold}
 
     def _model_manifest(self) -> dict | None:
-        return self.model.get().info.manifest
+        return self._model_slot().get().info.manifest
 
     def _model_status(self) -> dict:
         info = self._model_info()
         return {k: info[k] for k in ("name", "version", "backend", "precision")}
 
     def _health_extra(self) -> dict:
-        if self.updates is None:
-            return {}
-        return {"update": self.updates.status()}
+        return {} if self.updates is None else {"update": self.updates.status()}
 
-    def _inference_failed(self, exc: Exception, consecutive: int) -> None:
-        if self.updates is not None:
-            self.updates.on_inference_error(consecutive)
+    # -- over-the-air updates (edge_agent.updates) -----------------------------------------
+    def _load_model(self, path: Path | None) -> Segmenter:
+        return load_segmenter(self.cfg.model, path)
 
-    # -- commands --------------------------------------------------------------------------
-    def _register_commands(self) -> None:
-        r = self.registry
-        r.register("ping", lambda cmd: {"pong": True, "uptime_s": self.stats.snapshot()["uptime_s"]})
-        r.register("status", lambda cmd: self.health.payload())
-        r.register("pause", self._cmd_pause)
-        r.register("resume", self._cmd_resume)
-        r.register("snapshot", self._cmd_snapshot)
-        r.register("set-threshold", self._cmd_set_threshold)
-        r.register("reload-config", self._cmd_reload_config)
-        if self.updates is not None:
-            self.updates.register_commands(r)
-
-    def _cmd_pause(self, cmd: Command) -> dict:
-        self.inference.paused.set()
-        return {"paused": True}
-
-    def _cmd_resume(self, cmd: Command) -> dict:
-        if self._memory_paused:
-            raise CommandError("paused because memory is above health.memory_limit; it resumes by itself")
-        self.inference.paused.clear()
-        return {"paused": False}
-
-    def _cmd_snapshot(self, cmd: Command) -> dict:
-        self.reporter.request_snapshot()
-        return {"snapshot": "requested: published with the next processed frame"}
-
-    def _cmd_set_threshold(self, cmd: Command) -> dict:
-        value = require_number(cmd, "value", 0.0, 1.0) if "value" in cmd.args else require_number(
-            cmd, "threshold", 0.0, 1.0)
-        seg = self.model.get()
-        old, seg.threshold = seg.threshold, value
-        log.info("threshold changed by command: %.3f -> %.3f", old, value)
-        return {"threshold": value, "previous": old}
-
-    def _cmd_reload_config(self, cmd: Command) -> dict:
-        if self.config_path is None:
-            raise CommandError("the agent was started without --config: nothing to reload")
-        try:
-            new = prepare_camera_config(load_config(self.config_path, self.overrides))
-        except ConfigError as exc:
-            raise CommandError(f"config not reloaded, the running one stays: {exc}") from None
-        applied, restart = [], []
-        for section in ("measurement", "reporting"):
-            if getattr(new, section) != getattr(self.cfg, section):
-                applied.append(section)
-        self.reporter.configure(new.measurement, new.reporting)
-        if new.model.threshold != self.cfg.model.threshold:
-            seg = self.model.get()
-            seg.threshold = new.model.threshold or seg.contract.threshold
-            applied.append("model.threshold")
-        if new.health != self.cfg.health:
-            applied.append("health")
-        for section in ("camera", "mqtt", "position", "http", "state_dir", "device_id"):
-            if getattr(new, section) != getattr(self.cfg, section):
-                restart.append(section)
-        old_model = self.cfg.model.model_copy(update={"threshold": None})
-        if new.model.model_copy(update={"threshold": None}) != old_model:
-            restart.append("model")
-        self.cfg = self.cfg.model_copy(update={"measurement": new.measurement, "reporting": new.reporting,
-                                               "health": new.health,
-                                               "model": self.cfg.model.model_copy(
-                                                   update={"threshold": new.model.threshold})})
-        return {"applied": applied, "restart_required": restart}
-
-    # -- over-the-air updates (edge_agent.updates) ------------------------------------------
-    def _setup_updates(self) -> None:
-        updates_cfg = getattr(self.cfg, "updates", None)
-        if updates_cfg is None or not updates_cfg.enabled:
-            return
-        from edge_agent.updates.manager import UpdateManager
-
-        self.updates = UpdateManager(self.cfg, load_model=self.load_model, swap_model=self._swap_model,
-                                     report=self._report_update)
-
-    def _swap_model(self, segmenter) -> None:
-        old = self.model.swap(segmenter)
-        self.comms.set_status(model=self._model_status())
-        self.comms.publish("status", {"state": "online", "model": self._model_status()}, qos=1, retain=True)
+    def _swap_model(self, segmenter: Segmenter) -> None:
+        old = self._model_slot().swap(segmenter)
+        comms = self._comms()
+        comms.set_status(model=self._model_status())
+        comms.publish("status", {"state": "online", "model": self._model_status()}, qos=1, retain=True)
         log.info("model switched: %s %s -> %s %s", old.info.name, old.info.version, segmenter.info.name,
                  segmenter.info.version)
 
     def _report_update(self, event: dict) -> None:
         try:
-            self.comms.publish("cmd/response", {"command": "model-update", "event": event}, qos=1)
+            self._comms().publish("cmd/response", {"command": "model-update", "event": event}, qos=1)
         except Exception:
             log.exception("could not report the update progress")
 
-    def _observe_update(self) -> None:
-        try:
-            self.updates.observe(self.stats.snapshot())
-        except Exception:
-            log.exception("update watch failed")
-
-    def _command_verifier(self):
-        updates_cfg = getattr(self.cfg, "updates", None)
-        if updates_cfg is None or not getattr(updates_cfg, "require_signed_commands", False):
+    def _command_verifier(self) -> Callable[..., str | None] | None:
+        updates_cfg = self.cfg.updates
+        if not updates_cfg.require_signed_commands and not updates_cfg.command_public_keys:
             return None
         from edge_agent.updates.signed_commands import make_command_verifier
 
@@ -391,32 +377,23 @@ class Agent:
         else:
             log.info("command %s", json.dumps(record, default=str))
 
+    # -- typed access to what the start steps built ----------------------------------------
+    def _model_slot(self) -> ModelSlot:
+        if self.model is None:
+            raise AgentError("no model loaded yet")
+        return self.model
 
-def cli_overrides(args) -> dict:
-    """The flags of ``crackseg-edge run`` as config overrides (unset flags are None, ignored)."""
-    return {
-        "camera.source": args.source, "mqtt.url": args.mqtt_url, "device_id": args.device_id,
-        "state_dir": args.state_dir, "model.path": args.model, "model.backend": args.backend,
-        "logging.level": getattr(args, "log_level", None),
-    }
+    def _comms(self) -> Communicator:
+        if self.comms is None:
+            raise AgentError("the communicator is not started")
+        return self.comms
 
+    def _capture(self) -> FrameCapture:
+        if self.capture is None:
+            raise AgentError("the camera is not started")
+        return self.capture
 
-def run_from_cli(args) -> int:
-    """``crackseg-edge run``: the last stdout line is a JSON summary when ``--max-frames`` is given."""
-    overrides = {k: v for k, v in cli_overrides(args).items() if v is not None}
-    cfg = load_config(args.config, overrides)
-    logging.getLogger().setLevel(getattr(logging, cfg.logging.level))
-    agent = Agent(cfg, config_path=args.config, max_frames=args.max_frames, overrides=overrides)
-    previous = {sig: signal.signal(sig, agent.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        try:
-            agent.start()
-        except (ModelError, AgentError) as exc:
-            raise AgentError(str(exc)) from None
-        agent.wait()
-        summary = agent.shutdown()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    print(json.dumps(summary), flush=True)
-    return 0
+    def _position(self) -> PositionProvider:
+        if self.position is None:
+            raise AgentError("the position receiver is not started")
+        return self.position

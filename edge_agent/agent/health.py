@@ -10,11 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from edge_agent.agent.stats import PipelineStats
+from edge_agent.comms.base import Communicator
 from edge_agent.stats import system
+from edge_agent.video.capture import FrameCapture
 
 
 class HealthCollector:
-    def __init__(self, stats: PipelineStats, capture, comms, model_info: Callable[[], dict],
+    """Reads the pipeline counters, the camera, the broker link and the system at one moment."""
+
+    def __init__(self, stats: PipelineStats, capture: FrameCapture, comms: Communicator, model_info: Callable[[], dict],
                  model_manifest: Callable[[], dict | None], queue_depth: Callable[[], int],
                  memory_limit_bytes: int | None = None, paused: Callable[[], bool] = lambda: False,
                  extra: Callable[[], dict] | None = None):
@@ -29,13 +33,12 @@ class HealthCollector:
         s = self.stats.snapshot()
         cam = self.capture.stats()
         link = self.comms.stats()
-        outbox_ok = not getattr(getattr(self.comms, "outbox", None), "closed", False)
         return {
             "heartbeat_age_s": s["heartbeat_age_s"],
             "model_loaded": True,
             "camera_last_frame_age_s": cam.last_frame_age_s,
             "camera_state": cam.state,
-            "outbox_writable": outbox_ok,
+            "outbox_writable": link.outbox_writable,
             "frames_in": s["frames_in"],
             "frames_processed": s["frames_processed"],
             "frames_dropped": cam.frames_dropped,
@@ -75,7 +78,9 @@ class HealthCollector:
                        "reconnects": cam.reconnects, "corrupt_frames": cam.corrupt_frames,
                        "read_errors": cam.read_errors},
             "outbox": {"depth": link.outbox_depth, "bytes": link.outbox_bytes,
-                       "oldest_age_s": _round(link.outbox_oldest_age_s), "dropped": link.dropped},
+                       "oldest_age_s": _round(link.outbox_oldest_age_s), "dropped": link.dropped,
+                       "corrupt": link.outbox_corrupt, "lost_files": link.outbox_lost_files,
+                       "writable": link.outbox_writable},
             "link": {"state": link.link_state, "connected": link.connected, "reconnects": link.reconnects,
                      "published": link.published, "acked": link.acked},
             "system": {"cpu_percent": system.process_cpu_percent(), "system_cpu_percent": system.system_cpu_percent(),

@@ -38,7 +38,7 @@ class Segmented:
     prob: np.ndarray
     mask: np.ndarray
     inference_ms: float
-    model: dict  # ModelInfo.to_dict() of the model that produced it
+    model: dict  # ModelInfo.to_dict() of the model that produced it, with the threshold of this mask
 
 
 class ModelSlot:
@@ -63,13 +63,14 @@ class InferenceStage(threading.Thread):
 
     def __init__(self, capture, model: ModelSlot, out: queue.Queue, stats: PipelineStats,
                  on_frame_done: Callable[[], None], max_frames: int | None = None,
-                 on_inference_failure: Callable[[Exception, int], None] | None = None):
+                 on_inference_failure: Callable[[Exception, int], None] | None = None,
+                 paused: threading.Event | None = None):
         super().__init__(name="inference", daemon=True)
         self.capture, self.model, self.out, self.stats = capture, model, out, stats
         self.on_frame_done = on_frame_done
         self.on_inference_failure = on_inference_failure
         self.max_frames = max_frames
-        self.paused = threading.Event()
+        self.paused = paused if paused is not None else threading.Event()  # set: frames are counted, not segmented
         self._stop_event = threading.Event()
         self.end: EndOfStream | None = None
 
@@ -116,10 +117,12 @@ class InferenceStage(threading.Thread):
                     continue
                 ms = segmenter.last_inference_ms
                 self.stats.inference_ok(ms)
-                mask = prob >= segmenter.threshold
+                threshold = segmenter.threshold  # read once: the mask and the report must agree
+                mask = prob >= threshold
                 processed += 1
                 self.on_frame_done()
-                if not self._put(Segmented(item, prob, mask, ms, segmenter.info.to_dict())):
+                model = {**segmenter.info.to_dict(), "threshold": threshold}
+                if not self._put(Segmented(item, prob, mask, ms, model)):
                     break
         finally:
             self._put(_END)

@@ -35,16 +35,26 @@ class Reporter:
         self.comms, self.position, self.stats = comms, position, stats
         self.run_id = run_id
         self._lock = threading.Lock()
+        self.measurement: MeasurementConfig | None = None
+        self.reporting = reporting
+        self.measurer = CrackMeasurer(measurement)
+        self.tracker = CrackTracker(measurement, run_id=run_id)
         self.configure(measurement, reporting)
         self._snapshot_requested = threading.Event()
         self._last_snapshot_mono = -1e9
 
     def configure(self, measurement: MeasurementConfig, reporting: ReportingConfig) -> None:
-        """Apply (new) measurement and reporting settings; safe while frames flow."""
+        """Apply (new) measurement and reporting settings; safe while frames flow.
+
+        The tracker (and with it the track ids of the cracks in view) is rebuilt only when the
+        measurement settings changed: a new tracker under the same run id would reuse ids and
+        report every crack in view again as new.
+        """
         with self._lock:
+            if self.measurement is not None and self.measurement != measurement:
+                self.measurer = CrackMeasurer(measurement)
+                self.tracker = CrackTracker(measurement, run_id=self.run_id)
             self.measurement, self.reporting = measurement, reporting
-            self.measurer = CrackMeasurer(measurement)
-            self.tracker = CrackTracker(measurement, run_id=self.run_id)
 
     def request_snapshot(self) -> None:
         self._snapshot_requested.set()
