@@ -23,12 +23,12 @@ __all__ = ["PortReservation", "connection_refused", "listening_ports", "thread_s
 T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 10.0, what: str | None = None, *,
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, what: str | Callable[[], str] | None = None, *,
                interval: float = 0.02) -> T:
     """Call ``predicate`` until it returns something truthy and return that; AssertionError after ``timeout`` s.
 
-    The error names ``what`` (default: the predicate's source name) and the last value returned, so a
-    failing test says what never happened.
+    The error names ``what`` (a string, or a callable evaluated at the failure, to show the state then;
+    default: the predicate's name) and the last value returned, so a failing test says what never happened.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -38,7 +38,7 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, what: str | No
         if time.monotonic() >= deadline:
             break
         time.sleep(interval)
-    name = what or getattr(predicate, "__qualname__", repr(predicate))
+    name = what() if callable(what) else what or getattr(predicate, "__qualname__", repr(predicate))
     raise AssertionError(f"timed out after {timeout:g} s waiting for {name} (last value: {value!r})")
 
 

@@ -12,8 +12,8 @@ import urllib.request
 import pytest
 
 from tests.agent_run import DEVICE, agent, write_config
+from tests.helpers import PortReservation, wait_until
 from tests.media import MjpegServer
-from tests.mosquitto import free_port
 from tests.test_notify import FakeManager
 
 
@@ -24,14 +24,14 @@ class NotifySocket(FakeManager):
         return [(t, line) for t, datagram in list(self.messages) for line in datagram.splitlines()
                 if line.startswith(prefix)]
 
-    def wait(self, prefix: str, n: int = 1, timeout: float = 30.0) -> list[tuple[float, str]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.lines(prefix)
-            if len(found) >= n:
-                return found
-            time.sleep(0.05)
-        raise AssertionError(f"no {n}x {prefix!r} from the agent in {timeout}s; got {self.messages[-10:]}")
+    def wait(self, prefix: str, n: int = 1, timeout: float = 30.0, after: float = 0.0) -> list[tuple[float, str]]:
+        """At least ``n`` lines starting with ``prefix`` received after ``after`` (monotonic s)."""
+
+        def found() -> list[tuple[float, str]] | None:
+            lines = [(t, line) for t, line in self.lines(prefix) if t > after]
+            return lines if len(lines) >= n else None
+
+        return wait_until(found, timeout, lambda: f"{n}x {prefix!r} from the agent; got {self.messages[-10:]}")
 
 
 def http_status(url: str) -> tuple[int, dict]:
@@ -42,21 +42,12 @@ def http_status(url: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.slow
 def test_notify_watchdog_ready_and_health_follow_the_camera(tmp_path, mosquitto, subscriber, model_path):
     notify = NotifySocket(str(tmp_path / "notify.sock"))
     camera = MjpegServer(size=(160, 120), fps=15).start()
-    port = free_port()
+    http_port = PortReservation()  # kept from anyone else until the agent's server binds over it
+    port = http_port.port
     cfg = write_config(tmp_path, model_path, camera.url, mosquitto.url,
                        camera={"source": camera.url, "stall_timeout_s": 1.5, "reconnect_backoff_min_s": 0.2,
                                "reconnect_backoff_max_s": 1.0, "realtime": True},
@@ -76,8 +67,10 @@ def test_notify_watchdog_ready_and_health_follow_the_camera(tmp_path, mosquitto,
         camera.stall()  # frames stop; reads block
         stalled_at = time.monotonic()
         wait_until(lambda: http_status(base + "/ready")[0] == 503, 20, "/ready 503 after the stall")
-        time.sleep(2.5)
-        late_pings = [t for t, _ in notify.lines("WATCHDOG=1") if t > stalled_at + 1.5]
+        # The health loop sends a STATUS= line every second: two after a 1.5 s grace prove the agent
+        # kept running a further second and more (two watchdog ticks and more) with no frame.
+        statuses = notify.wait("STATUS=", n=2, timeout=30, after=stalled_at + 1.5)
+        late_pings = [t for t, _ in notify.lines("WATCHDOG=1") if stalled_at + 1.5 < t <= statuses[-1][0]]
         assert not late_pings, "no watchdog ping while no frame is processed"
         stalled_health = sub.wait_for(1, timeout=30, predicate=lambda m: m.json()["camera"]["stalls"] >= 1)
         assert stalled_health[-1].json()["camera"]["state"] in ("stalled", "reconnecting", "starting")
@@ -96,6 +89,7 @@ def test_notify_watchdog_ready_and_health_follow_the_camera(tmp_path, mosquitto,
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
         camera.stop()
+        http_port.release()
     assert proc.returncode == 0, err[-2000:]
     assert notify.lines("STOPPING=1")
     assert notify.lines("STATUS=")

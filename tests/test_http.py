@@ -12,6 +12,7 @@ import pytest
 
 from edge_agent.config.sections import HttpConfig
 from edge_agent.service.http import HealthServer, HealthServerError
+from tests.helpers import PortReservation, connection_refused, listening_ports
 
 
 def healthy_snapshot() -> dict:
@@ -157,6 +158,17 @@ def test_port_in_use_is_a_clear_error():
 
 
 def test_disabled_server_does_not_listen():
-    server = HealthServer(HttpConfig(enabled=False, port=0), dict)
-    assert server.start() is False
-    server.stop()
+    with PortReservation() as would_be:  # the port it is configured with, kept from anyone else
+        before = listening_ports()
+        server = HealthServer(HttpConfig(enabled=False, port=would_be.port), dict)
+        assert server.start() is False
+        assert listening_ports() == before and would_be.port not in before  # no listening socket opened
+        assert connection_refused(would_be.port)  # and nothing answers there
+        server.stop()
+        # the same checks see an enabled server on that port (it binds over the reservation)
+        enabled = HealthServer(HttpConfig(port=would_be.port), dict)
+        assert enabled.start()
+        try:
+            assert would_be.port in listening_ports() and not connection_refused(would_be.port)
+        finally:
+            enabled.stop()

@@ -12,6 +12,7 @@ import pytest
 
 from edge_agent.service.notify import Notifier
 from edge_agent.service.watchdog import FrameWatchdog
+from tests.helpers import wait_until
 
 
 class FakeManager:
@@ -42,12 +43,9 @@ class FakeManager:
         return [m for _, m in self.messages]
 
     def wait_for(self, predicate, timeout: float = 3.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self.texts()):
-                return True
-            time.sleep(0.01)
-        return predicate(self.texts())
+        """Until ``predicate(texts)`` holds; AssertionError with the datagrams so far otherwise."""
+        wait_until(lambda: predicate(self.texts()), timeout, lambda: f"matching datagrams; got {self.texts()[-10:]}")
+        return True
 
     def close(self) -> None:
         self._stop.set()
@@ -105,11 +103,27 @@ def test_watchdog_interval_is_half_of_watchdog_usec(manager: FakeManager):
     assert wd.interval_s is None and wd.start() is False
 
 
+def counting_ticks(wd: FrameWatchdog) -> list[bool]:
+    """Records each watchdog tick's outcome (True: pinged), so a test can wait for ticks, not for time."""
+    ticks: list[bool] = []
+    tick = wd.check_and_ping
+
+    def counted() -> bool:
+        pinged = tick()
+        ticks.append(pinged)
+        return pinged
+
+    wd.check_and_ping = counted  # type: ignore[method-assign]
+    return ticks
+
+
 def test_pings_only_while_frames_are_processed(manager: FakeManager):
     wd = FrameWatchdog(Notifier(environ={"NOTIFY_SOCKET": manager.path}), interval_s=0.05)
+    ticks = counting_ticks(wd)
     assert wd.start()
     try:
-        time.sleep(0.3)  # loaded but no frame yet: no ping
+        wait_until(lambda: len(ticks) >= 6, what="6 watchdog ticks")  # loaded but no frame yet: no ping
+        assert not any(ticks) and wd.pings == 0
         assert "WATCHDOG=1" not in manager.texts()
         assert wd.heartbeat_age_s() is None
 
@@ -125,11 +139,13 @@ def test_pings_only_while_frames_are_processed(manager: FakeManager):
         assert manager.wait_for(lambda m: m.count("WATCHDOG=1") >= 4)
         stop_frames.set()
         t.join()
-        time.sleep(0.3)  # at most one tick may still see the last frame
-        before = manager.texts().count("WATCHDOG=1")
-        time.sleep(0.4)  # ~8 ticks without a frame
-        assert manager.texts().count("WATCHDOG=1") == before
-        assert wd.heartbeat_age_s() is not None and wd.heartbeat_age_s() >= 0.4
+        # the tick under way and the next may still see the last frame; none after them may ping
+        first = len(ticks) + 2
+        wait_until(lambda: len(ticks) >= first + 9, what="9 more watchdog ticks")
+        assert not any(ticks[first:])
+        pings = wd.pings
+        wait_until(lambda: manager.texts().count("WATCHDOG=1") == pings, what="every ping to arrive")
+        assert wd.heartbeat_age_s() is not None and wd.heartbeat_age_s() >= 0.4  # 9 intervals since the frame
     finally:
         wd.stop()
 
