@@ -22,6 +22,7 @@ from edge_agent.updates.signed_commands import (
     NONCES_NAME,
     CommandKeyError,
     NonceStore,
+    command_verifier_for,
     load_command_keys,
     make_command_verifier,
     sign_command,
@@ -64,7 +65,7 @@ def test_signing_tool_output_is_accepted_once(office, tmp_path) -> None:
     assert {k: signed[k] for k in BODY} == BODY and signed["key_id"] == "office"
     assert abs(signed["ts"] - time.time()) < 60 and len(signed["nonce"]) >= 16
     verify = make_command_verifier(config(pub), tmp_path)
-    verify(cmd(signed))  # accepted: no exception
+    assert verify(cmd(signed)) == "office"  # accepted: the key id that was verified
     with pytest.raises(CommandError, match="used before"):
         verify(cmd(signed))
     # a restarted agent remembers the nonce (persisted), the replay window does not reopen
@@ -149,7 +150,9 @@ def test_freshness_window_and_nonce_expiry(office, tmp_path) -> None:
 def test_unsigned_commands_pass_when_not_required_but_bad_signatures_never(office, tmp_path) -> None:
     key, _, pub = office
     verify = make_command_verifier(config(pub, require_signed_commands=False), tmp_path)
-    verify(cmd(dict(BODY)))
+    assert verify(cmd(dict(BODY))) is None  # accepted, unsigned: no key id
+    assert verify(cmd({**BODY, "key_id": "office"})) is None  # a claimed key id is not a verified one
+    assert verify(cmd(sign_command(key, TOPIC, BODY, "office"))) == "office"
     body = sign_command(key, TOPIC, BODY, "office")
     body["sha256"] = "cd" * 32
     with pytest.raises(CommandError, match="bad signature"):
@@ -168,7 +171,7 @@ def test_registry_audits_accepted_and_refused_commands(office, tmp_path) -> None
     with pytest.raises(CommandError):
         registry(cmd(dict(BODY)))  # unsigned
     records = list(audit.entries())
-    assert [(r["outcome"], r["origin"]) for r in records] == [("ok", "office"), ("refused", "office"),
+    assert [(r["outcome"], r["origin"]) for r in records] == [("ok", "key:office"), ("refused", TOPIC),
                                                               ("refused", TOPIC)]
     assert "used before" in records[1]["error"] and "not signed" in records[2]["error"]
     assert all(r["command"] == "model-update" and r["request_id"] is None for r in records)
@@ -194,3 +197,27 @@ def test_keys_from_systemd_credentials_and_config_errors(office, tmp_path) -> No
         UpdatesConfig(command_public_keys=[{"key_id": "a"}])
     with pytest.raises(ValidationError, match="Extra inputs"):
         UpdatesConfig(enable=True)
+
+
+def test_a_claimed_key_id_is_never_audited_as_the_origin(office, tmp_path) -> None:
+    """Unsigned commands are allowed here, and one claims key_id office-2024: the audit shows the topic."""
+    key, _, pub = office
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    verifier = command_verifier_for(config(pub, require_signed_commands=False), tmp_path)
+    assert verifier is not None  # keys are configured: signed commands are verified although not required
+    registry = CommandRegistry(verify=verifier, audit=audit.write_command)
+    seen: list[str] = []
+    registry.register("pause", lambda c: seen.append(c.origin) or {"paused": True})
+    pause = "crackseg/van-07/cmd/pause"
+    registry(cmd({"key_id": "office-2024"}, pause))
+    registry(cmd(sign_command(key, pause, {}, "office"), pause))
+    forged = sign_command(Ed25519PrivateKey.generate(), pause, {}, "office")
+    with pytest.raises(CommandError, match="bad signature"):
+        registry(cmd(forged, pause))
+    assert seen == [pause, "key:office"]
+    assert [(r["outcome"], r["origin"]) for r in audit.entries()] == [("ok", pause), ("ok", "key:office"),
+                                                                       ("refused", pause)]
+
+
+def test_no_verifier_without_command_keys(tmp_path) -> None:
+    assert command_verifier_for(UpdatesConfig(), tmp_path) is None

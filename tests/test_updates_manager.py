@@ -74,8 +74,9 @@ class Harness:
     def stages(self) -> list[str]:
         return [e["stage"] for e in self.events]
 
-    def update(self, url: str, sha256: str, **extra) -> dict:
-        cmd = Command("model-update", {"url": url, "sha256": sha256, **extra}, "crackseg/van-1/cmd/model-update")
+    def update(self, url: str, sha256: str, verified_key_id: str | None = None, **extra) -> dict:
+        cmd = Command("model-update", {"url": url, "sha256": sha256, **extra}, "crackseg/van-1/cmd/model-update",
+                      verified_key_id=verified_key_id)
         accepted = UpdateCommands(self.manager).update(cmd)
         assert accepted["accepted"]
         assert self.manager.wait(60)
@@ -346,11 +347,18 @@ def test_one_update_at_a_time_and_manual_rollback(harness: Harness, archives) ->
     with pytest.raises(CommandError, match="still being watched"):
         UpdateCommands(h.manager).update(Command("model-update", {"url": archives["1.0.0"].as_uri(),
                                                                  "sha256": sha256_of(archives["1.0.0"])}, "t"))
+    # the key_id an unsigned command claims is not its origin: the topic is (only a verified signature names a key)
     result = UpdateCommands(h.manager).rollback(Command("model-rollback", {"key_id": "office"}, "t"))
-    assert result["stage"] == "rolled_back" and result["origin"] == "office" and h.version == "1.0.0"
+    assert result["stage"] == "rolled_back" and result["origin"] == "t" and h.version == "1.0.0"
+    assert list(AuditLog(h.settings.state_dir / "audit.jsonl").entries())[-1]["origin"] == "t"
     status = h.manager.status(include_installed=True)
     assert status["stage"] == "idle" and status["active"].startswith("tiny-1.0.0-")
     assert {m["version"] for m in status["installed"]} == {"1.0.0", "2.0.0"}
+    # a command whose signature the registry verified carries that key as its origin, in reports and audit
+    last = h.update(archives["2.0.0"].as_uri(), sha256_of(archives["2.0.0"]), verified_key_id="office")
+    assert last["stage"] == "watching" and last["origin"] == "key:office"
+    activated = [r for r in AuditLog(h.settings.state_dir / "audit.jsonl").entries() if r["event"] == "model-activate"]
+    assert activated[-1]["origin"] == "key:office"
 
 
 def test_same_bundle_again_is_a_no_op(harness: Harness, archives) -> None:

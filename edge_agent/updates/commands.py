@@ -65,10 +65,9 @@ def parse_args(model: type[BaseModel], cmd: Command) -> Any:
 
 
 def command_origin(cmd: Command) -> str:
-    """Who sent it, as far as the device can tell: the signing key id, else the topic (as the
-    command audit records of ``CommandRegistry`` say it)."""
-    key_id = cmd.args.get("key_id")
-    return key_id if isinstance(key_id, str) and key_id else cmd.topic
+    """Who sent it, as far as the device has proven: ``key:<id>`` after a verified signature, else the
+    topic. Never the payload's ``key_id``: an unsigned command can claim any key."""
+    return cmd.origin
 
 
 def new_update_id() -> str:

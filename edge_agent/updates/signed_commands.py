@@ -33,6 +33,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import re
 import secrets
 import sys
@@ -140,7 +141,13 @@ class NonceStore:
 
 
 class CommandVerifier:
-    """``CommandRegistry(verify=...)``: raises CommandError for a command that must not run."""
+    """``CommandRegistry(verify=...)``: the key id a command was verified with, or a CommandError.
+
+    Returns None for an unsigned command that may run unsigned. Why return the id rather
+    than let callers read ``key_id`` from the payload: the payload is a claim anybody who may
+    publish can make; only the id returned here was proven by a signature, and only that one
+    may appear as a command's origin (``Command.origin``) in answers and the audit log.
+    """
 
     def __init__(self, keys: Mapping[str, Ed25519PublicKey], max_age_s: float, nonces: NonceStore,
                  required: bool = True, clock: Callable[[], float] = time.time):
@@ -150,13 +157,13 @@ class CommandVerifier:
         self.required = required
         self.clock = clock
 
-    def __call__(self, cmd: Command) -> None:
+    def __call__(self, cmd: Command) -> str | None:
         args = cmd.args
         if "sig" not in args:
             if self.required:
                 raise CommandError("command refused: not signed, and this device accepts only signed commands "
                                    "(add ts, nonce, key_id and sig; see docs/updates.md)")
-            return
+            return None
         sig_text, key_id, ts, nonce = args.get("sig"), args.get("key_id"), args.get("ts"), args.get("nonce")
         if not isinstance(key_id, str) or key_id not in self.keys:
             raise CommandError(f"command refused: unknown key_id {key_id!r} (this device trusts: "
@@ -169,17 +176,22 @@ class CommandVerifier:
             raise CommandError("command refused: 'sig' is not a base64 Ed25519 signature (64 bytes)")
         try:
             message = signing_message(cmd.topic, args)
-        except ValueError:
-            raise CommandError("command refused: the body cannot be put in canonical JSON (NaN or infinity)") from None
+        except (ValueError, RecursionError):  # UnicodeEncodeError (lone surrogates) is a ValueError
+            raise CommandError("command refused: the body cannot be put in canonical JSON (NaN, infinity, invalid "
+                               "Unicode or nested too deeply)") from None
         try:
             self.keys[key_id].verify(sig, message)
         except InvalidSignature:
             raise CommandError(f"command refused: bad signature for key_id '{key_id}' (the body or topic was "
                                "changed after signing, or another key signed it)") from None
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+        try:
+            ts_s = float(ts) if isinstance(ts, (int, float)) and not isinstance(ts, bool) else math.nan
+        except OverflowError:
+            ts_s = math.nan
+        if not math.isfinite(ts_s):
             raise CommandError("command refused: signed commands need 'ts' (unix seconds)")
         now = self.clock()
-        age = now - float(ts)
+        age = now - ts_s
         if age > self.max_age_s:
             raise CommandError(f"command refused: signed {age:.0f} s ago, more than updates.command_max_age_s "
                                f"({self.max_age_s:.0f} s); sign it again (and check the sender's clock)")
@@ -189,8 +201,9 @@ class CommandVerifier:
                                "and device")
         if not isinstance(nonce, str) or not NONCE_RE.match(nonce):
             raise CommandError("command refused: 'nonce' must be 8-128 letters, digits, '_' or '-'")
-        if not self.nonces.check_and_remember(key_id, nonce, float(ts) + self.max_age_s):
+        if not self.nonces.check_and_remember(key_id, nonce, ts_s + self.max_age_s):
             raise CommandError(f"command refused: nonce {nonce} was used before (a replayed command)")
+        return key_id
 
 
 def load_command_keys(cfg: Any, environ: Mapping[str, str] | None = None) -> dict[str, Ed25519PublicKey]:
@@ -220,6 +233,19 @@ def make_command_verifier(config: Any, state_dir: str | Path,
     keys = load_command_keys(config, environ)
     return CommandVerifier(keys, config.command_max_age_s, NonceStore(Path(state_dir) / NONCES_NAME),
                            required=bool(config.require_signed_commands))
+
+
+def command_verifier_for(config: Any, state_dir: str | Path,
+                         environ: Mapping[str, str] | None = None) -> CommandVerifier | None:
+    """The agent's verifier: one whenever command keys are configured, None when there are none.
+
+    Why not only when signatures are required: with unsigned commands allowed, a signed one
+    must still be verified, so that its origin is the proven key (and a forged signature is
+    refused, not waved through as "unsigned").
+    """
+    if not getattr(config, "command_public_keys", None):
+        return None
+    return make_command_verifier(config, state_dir, environ)
 
 
 # -- command line (office side) -------------------------------------------------------------
