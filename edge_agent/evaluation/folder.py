@@ -39,18 +39,29 @@ def looks_like_masks(path: Path) -> bool:
 
 
 def evaluate(pairs: FolderPairs, segmenter=None, threshold: float | None = None, tolerance: float = 2.0,
-             progress=None) -> CrackScore:
-    """Summed-count F1@tolerance and IoU; images are segmented with ``segmenter`` when given."""
-    acc = ScoreAccumulator(tolerance)
+             progress=None, widths: bool = True, width_threshold: float | None = None) -> CrackScore:
+    """Summed-count F1@tolerance and IoU; images are segmented with ``segmenter`` when given.
+
+    With ``widths`` the score also holds the median crack width along the skeleton of the
+    predictions and of the labels (``width_pred_px``, ``width_label_px``, ``width_error_px``).
+    ``width_threshold`` measures predicted widths on ``prob >= width_threshold`` instead of the
+    detection mask (needs a segmenter with ``probabilities()``).
+    """
+    acc = ScoreAccumulator(tolerance, widths=widths)
     items = zip(pairs.inputs, pairs.masks)
     for inp, mask_path in (progress(list(items)) if progress else items):
         gt = read_image(mask_path, cv2.IMREAD_GRAYSCALE) > 127
-        if segmenter is not None:
+        width_pred = None
+        if segmenter is not None and width_threshold is not None and widths:
+            prob = segmenter.probabilities(read_image(inp))
+            t = segmenter.threshold if threshold is None else threshold
+            pred, width_pred = prob >= t, prob >= width_threshold
+        elif segmenter is not None:
             pred = segmenter.segment(read_image(inp), threshold)
         else:
             pred = read_image(inp, cv2.IMREAD_GRAYSCALE) > 127
         if pred.shape != gt.shape:
             raise ImageReadError(f"{inp}: size {pred.shape[::-1]} differs from its mask {mask_path} "
                                  f"({gt.shape[::-1]})")
-        acc.add(pred, gt)
+        acc.add(pred, gt, width_pred)
     return acc.result()

@@ -7,6 +7,10 @@ Definition (shared with the CrackSeg training project so figures are comparable)
   ``tolerance`` px; recall = recalled / ground-truth pixels; F1 = harmonic mean;
 - IoU = summed intersection / summed union (no tolerance).
 Counts are summed over all images before dividing: large and small images weigh by pixels.
+
+With ``ScoreAccumulator(widths=True)`` the score also carries the median crack width along
+the skeleton of predictions and labels (``edge_agent.evaluation.width``): F1@2px forgives a
+crack painted 3 px too thick, the severity derived from its width does not.
 """
 
 from __future__ import annotations
@@ -61,6 +65,10 @@ class CrackScore:
     f1: float
     iou: float
     tolerance_px: float
+    # Median width (px) along the skeleton over all images; None unless widths were measured.
+    width_pred_px: float | None = None
+    width_label_px: float | None = None
+    width_error_px: float | None = None  # pred - label: positive = cracks painted too thick
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,14 +77,23 @@ class CrackScore:
 class ScoreAccumulator:
     """Sums per-image counts; ``result()`` gives data-set-level precision/recall/F1/IoU."""
 
-    def __init__(self, tolerance: float = 2.0):
+    def __init__(self, tolerance: float = 2.0, widths: bool = False):
         self.tolerance = tolerance
         self.images = 0
         self._totals = np.zeros(6, dtype=np.int64)
+        self.widths = None
+        if widths:
+            from edge_agent.evaluation.width import WidthAccumulator
 
-    def add(self, pred: np.ndarray, gt: np.ndarray) -> PairCounts:
+            self.widths = WidthAccumulator()
+
+    def add(self, pred: np.ndarray, gt: np.ndarray, width_pred: np.ndarray | None = None) -> PairCounts:
+        """Score one image. ``width_pred`` (optional) is the mask widths are measured on when
+        they differ from the detection mask (e.g. ``prob >= width_threshold``)."""
         counts = score_pair(pred, gt, self.tolerance)
         self.add_counts(counts)
+        if self.widths is not None:
+            self.widths.add(pred if width_pred is None else width_pred, gt)
         return counts
 
     def add_counts(self, counts: PairCounts) -> None:
@@ -91,4 +108,9 @@ class ScoreAccumulator:
         recall = gt_ok / gt_px if gt_px else 1.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
         iou = inter / union if union else 1.0
-        return CrackScore(self.images, precision, recall, f1, iou, self.tolerance)
+        score = CrackScore(self.images, precision, recall, f1, iou, self.tolerance)
+        if self.widths is not None:
+            w = self.widths.result()
+            score.width_pred_px, score.width_label_px, score.width_error_px = (
+                w.pred_median_px, w.label_median_px, w.error_px)
+        return score
