@@ -28,11 +28,19 @@ class InferenceContract(BaseModel):
     - ``layout``: NCHW (PyTorch/ONNX) or NHWC (TFLite).
     - ``color_order``, ``mean``, ``std``: pixel normalisation on 0-255 values:
       ``(pixel - mean) / std`` per channel in ``color_order``.
+    - ``input_dtype``: ``float32`` (the runtime normalises as above and feeds floats) or
+      ``uint8``: the artifact takes frames as OpenCV delivers them (uint8, BGR, HxWx3 in NHWC)
+      and normalises inside its graph, so preprocessing is at most one copy; ``color_order``,
+      ``mean`` and ``std`` then describe what the graph does. A full-integer TFLite artifact
+      whose int8 input has scale 1 and zero point -128 takes those pixels with one XOR.
     - ``output``: ``logits`` (apply a sigmoid) or ``probabilities``.
     - ``threshold``: decision threshold on the probability, chosen on validation data.
+    - ``gsd_mm_per_px``: the ground resolution (mm of road per pixel) the model was trained
+      for; the runtime resamples frames from a camera configured at another resolution so
+      cracks reach the model at the width it knows (None: use frames as they are).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     input_size: tuple[int, int] | None = None
     stride: int = Field(16, ge=1)
@@ -40,8 +48,10 @@ class InferenceContract(BaseModel):
     color_order: Literal["RGB", "BGR"] = "RGB"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    input_dtype: Literal["float32", "uint8"] = "float32"
     output: Literal["logits", "probabilities"] = "logits"
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    gsd_mm_per_px: float | None = Field(None, gt=0.0, le=1000.0, allow_inf_nan=False)
 
     @field_validator("std")
     @classmethod
