@@ -50,7 +50,8 @@ def test_update_by_command_then_tampered_then_failing_model_rolls_back(tmp_path,
                        model={"path": str(tiny_onnx(5)), "threads": 1, "public_key_file": str(public),
                               "require_signature": True},
                        camera={"source": str(folder), "loop": True, "realtime": True, "fps": 10},
-                       updates={"enabled": True, "watch_window_s": 6.0, "fps_settle_s": 3.0},
+                       updates={"enabled": True, "watch_window_s": 6.0, "fps_settle_s": 3.0,
+                                "allowed_url_schemes": ["file"], "file_root": str(tmp_path)},
                        reporting={"every_frame": True})
     sub = subscriber(mosquitto.url, f"crackseg/{DEVICE}/#")
     proc = agent(cfg)

@@ -149,7 +149,8 @@ def test_freshness_window_and_nonce_expiry(office, tmp_path) -> None:
 
 def test_unsigned_commands_pass_when_not_required_but_bad_signatures_never(office, tmp_path) -> None:
     key, _, pub = office
-    verify = make_command_verifier(config(pub, require_signed_commands=False), tmp_path)
+    verify = make_command_verifier(config(pub, require_signed_commands=False, require_signed_update_commands=False),
+                                   tmp_path)
     assert verify(cmd(dict(BODY))) is None  # accepted, unsigned: no key id
     assert verify(cmd({**BODY, "key_id": "office"})) is None  # a claimed key id is not a verified one
     assert verify(cmd(sign_command(key, TOPIC, BODY, "office"))) == "office"

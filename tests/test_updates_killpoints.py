@@ -39,7 +39,8 @@ from edge_agent.updates.manager import Settings, UpdateManager, model_loader
 
 state, key, configured, action = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 model = ModelConfig(path=configured, public_key_file=key, require_signature=True, threads=1)
-settings = Settings(UpdatesConfig(enabled=True, chunk_max_bytes=16384), model, state)
+settings = Settings(UpdatesConfig(enabled=True, chunk_max_bytes=16384, allowed_url_schemes=["file"],
+                                  file_root=state.parent.parent), model, state)
 load = model_loader(model)
 m = UpdateManager(settings, load_model=load, swap_model=lambda seg: None, report=lambda e: None)
 m.resolve_startup_model()
@@ -111,7 +112,8 @@ def world(tmp_path_factory) -> dict:
     load = model_loader(model)
 
     def manager(state: Path, **kw) -> UpdateManager:
-        return UpdateManager(Settings(UpdatesConfig(enabled=True, watch_window_s=60, fps_settle_s=10, **kw), model,
+        return UpdateManager(Settings(UpdatesConfig(enabled=True, watch_window_s=60, fps_settle_s=10,
+                                                    allowed_url_schemes=["file"], file_root=root, **kw), model,
                                       state), load_model=load, swap_model=lambda seg: None)
 
     idle = root / "base-idle"

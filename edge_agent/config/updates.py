@@ -1,7 +1,9 @@
 """Over-the-air model updates and command security (the ``updates:`` section of a device config).
 
 Off by default: a device receives models only once an operator has decided where they come
-from (URL schemes, size limits) and, ideally, who may order an update (signed commands)::
+from (URL schemes, size limits) and, ideally, who may order an update (signed commands).
+``file://`` is off too, and confined to ``file_root`` when on: anyone who may publish a
+command could otherwise make the device read any of its files::
 
     updates:
       enabled: true
@@ -68,9 +70,11 @@ class UpdatesConfig(BaseModel):
                                                                    "or chunked transfer)")
     download_timeout_s: float = Field(600.0, gt=0, description="a download taking longer is abandoned")
     allowed_url_schemes: list[Literal["http", "https", "file"]] = Field(
-        default_factory=lambda: ["https", "http", "file"], min_length=1,
+        default_factory=lambda: ["https", "http"], min_length=1,
         description="URL schemes model-update may use; the sha256 in the command and the bundle hashes "
-                    "protect the content over plain http too")
+                    "protect the content over plain http too. file needs file_root")
+    file_root: ConfigPath | None = Field(None, description="the only folder file:// URLs may read (e.g. a USB "
+                                                           "stick's mount point); no '..', no symlink out of it")
     watch_window_s: float = Field(300.0, gt=0, description="after a switch, the new model is watched this long "
                                                            "and rolled back if it fails")
     max_consecutive_inference_errors: int = Field(5, ge=1, description="this many failed frames in a row during "
@@ -85,6 +89,11 @@ class UpdatesConfig(BaseModel):
                                                     "one always counts)")
     require_signed_commands: bool = Field(False, description="refuse every command without a valid Ed25519 "
                                                              "signature from command_public_keys")
+    require_signed_update_commands: bool = Field(True, description="once command_public_keys is set, the commands "
+                                                                   "that change the model (model-update, "
+                                                                   "model-chunk, model-chunk-abort, model-rollback) "
+                                                                   "need a valid signature even when "
+                                                                   "require_signed_commands is false")
     command_public_keys: list[CommandKeyConfig] = Field(default_factory=list)
     command_max_age_s: float = Field(300.0, gt=0, le=7 * 24 * 3600.0,
                                      description="signed commands whose ts is further than this from the "
@@ -97,8 +106,17 @@ class UpdatesConfig(BaseModel):
     audit_max_bytes: ByteCount = Field(8 * 1024**2, description="audit.jsonl is rotated to audit.jsonl.1 beyond "
                                                                 "this size")
 
+    @property
+    def signed_update_commands_required(self) -> bool:
+        """Whether model-changing commands must carry a verified signature on this device."""
+        return bool(self.command_public_keys) and (self.require_signed_update_commands
+                                                   or self.require_signed_commands)
+
     @model_validator(mode="after")
     def _consistent(self) -> UpdatesConfig:
+        if "file" in self.allowed_url_schemes and self.file_root is None:
+            raise ValueError("allowed_url_schemes has file but file_root is not set: name the one folder file:// "
+                             "URLs may read (e.g. /media/usb), or remove file")
         if self.require_signed_commands and not self.command_public_keys:
             raise ValueError("require_signed_commands needs at least one entry in command_public_keys")
         ids = [k.key_id for k in self.command_public_keys]

@@ -27,14 +27,14 @@ def _context(args: argparse.Namespace):
     model_cfg = ModelConfig()
     state_dir = None
     if getattr(args, "config", None):
-        from edge_agent.config.loader import load_config
+        from edge_agent.config import load_config
 
         cfg = load_config(args.config)
         model_cfg, state_dir = cfg.model, Path(cfg.state_dir)
     if getattr(args, "state_dir", None):
         state_dir = Path(args.state_dir).expanduser()
     if model_cfg.public_key_credential:
-        from edge_agent.config.loader import SecretError, model_public_key
+        from edge_agent.config import SecretError, model_public_key
 
         try:
             model_public_key(model_cfg)
@@ -46,7 +46,7 @@ def _context(args: argparse.Namespace):
 
 
 def _store(state_dir: Path, model_cfg) -> ModelStore:
-    from edge_agent.config.loader import model_public_key
+    from edge_agent.config import model_public_key
 
     key = model_public_key(model_cfg) if (model_cfg.public_key_file or model_cfg.public_key_credential) else None
     return ModelStore(state_dir / "models", key, model_cfg.require_signature)

@@ -79,6 +79,14 @@ class UpdateCommands:
 
     def __init__(self, manager: UpdateManager):
         self.manager = manager
+        # Checked again here, after the registry's verifier: if an agent were wired without one,
+        # model changes fail closed instead of running unsigned.
+        self.require_signature = bool(manager.ucfg.signed_update_commands_required)
+
+    def _authorised(self, cmd: Command) -> None:
+        if self.require_signature and not cmd.verified_key_id:
+            raise CommandError(f"command refused: {cmd.name} must be signed on this device, and no verified "
+                               "signature came with it (updates.require_signed_update_commands)")
 
     def register(self, registry: Any) -> None:
         registry.register("model-update", self.update)
@@ -87,6 +95,7 @@ class UpdateCommands:
         registry.register("model-status", self.status)
 
     def update(self, cmd: Command) -> dict:
+        self._authorised(cmd)
         req = parse_args(UpdateRequest, cmd)
         try:
             sha = check_sha256(req.sha256)
@@ -97,6 +106,7 @@ class UpdateCommands:
             raise CommandError(str(exc)) from None
 
     def chunk(self, cmd: Command) -> dict:
+        self._authorised(cmd)
         req = parse_args(ChunkRequest, cmd)
         try:
             data = base64.b64decode(req.data, validate=True)
@@ -119,6 +129,7 @@ class UpdateCommands:
         return result
 
     def rollback(self, cmd: Command) -> dict:
+        self._authorised(cmd)
         try:
             return self.manager.rollback("requested by command", origin=command_origin(cmd), automatic=False)
         except UpdateError as exc:

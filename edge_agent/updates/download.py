@@ -10,15 +10,20 @@ announced size and the announced sha256 all held. Data is streamed to a ``.part`
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import re
 import shutil
+import socket
+import ssl
+import stat
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -50,8 +55,8 @@ def archive_suffix(path: Path) -> str:
         return ".zip"
     if len(head) >= 262 and head[257:262] == b"ustar":
         return ".tar"
-    raise DownloadError("the file is not a bundle archive (.tar.gz, .tar or .zip); send the archive written by "
-                        "'crackseg-convert build --archive'")
+    raise NotAnArchiveError("the file is not a bundle archive (.tar.gz, .tar or .zip); send the archive written by "
+                            "'crackseg-convert build --archive'")
 
 
 def check_sha256(value: object, what: str = "sha256") -> str:
@@ -64,7 +69,94 @@ def check_sha256(value: object, what: str = "sha256") -> str:
 class FetchLimits:
     max_bytes: int
     timeout_s: float
-    allowed_schemes: tuple[str, ...] = ("https", "http", "file")
+    allowed_schemes: tuple[str, ...] = ("https", "http")
+    file_root: Path | None = None  # the only folder file:// URLs may read (updates.file_root)
+
+
+class NotAnArchiveError(DownloadError):
+    """The bytes had the announced sha256 but are no archive: the sender knew them, so this may be said."""
+
+
+# One answer for every file:// failure past the path check: a sender must not learn whether a file
+# exists, how big it is or what its hash is, so missing, unreadable, a link, a FIFO, another size
+# and another hash all read the same.
+FILE_REFUSED = ("{what}: refused: no readable regular file with the announced sha256 (and size) under "
+                "updates.file_root; the device does not say which of these failed")
+
+
+def confined_parts(root: Path, path_text: str, what: str) -> list[str]:
+    """The path of a file:// URL as names below ``root``, judged on the text alone (touches no file).
+
+    Why lexical first: a refusal here tells the sender only what it sent, never what exists.
+    """
+    if "\x00" in path_text or not path_text.startswith("/"):
+        raise DownloadError(f"{what}: file:// URLs must name an absolute path under updates.file_root ({root})")
+    names = path_text.split("/")[1:]
+    if any(n in ("", ".", "..") for n in names):
+        raise DownloadError(f"{what}: the path must not contain '.', '..' or '//' (updates.file_root: {root})")
+    base = [n for n in os.path.abspath(root).split("/") if n]
+    if names[:len(base)] != base or len(names) <= len(base):
+        raise DownloadError(f"{what}: file:// URLs must name a file under updates.file_root ({root})")
+    return names[len(base):]
+
+
+def open_confined(root: Path, names: list[str]) -> int:
+    """An fd of the regular file ``root/names...``, following no symlink below ``root``; OSError otherwise.
+
+    Each folder is opened relative to the previous one with O_NOFOLLOW, so neither a link nor a
+    link swapped in after a check leads out of ``root``; the file is opened O_NONBLOCK (a FIFO
+    must not hang the update) and must be a regular file by ``fstat`` of the open fd.
+    """
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in names[:-1]:
+            next_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+        if not stat.S_ISREG(os.stat(names[-1], dir_fd=fd, follow_symlinks=False).st_mode):
+            raise OSError(f"{names[-1]}: not a regular file")  # not even opened: devices, FIFOs, links
+        file_fd = os.open(names[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+        os.close(file_fd)
+        raise OSError(f"{names[-1]}: not a regular file")
+    os.set_blocking(file_fd, True)
+    return file_fd
+
+
+class _SchemeCheckingRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to a scheme the device allows (no https -> http downgrade, no ftp)."""
+
+    def __init__(self, allowed: tuple[str, ...]):
+        self.allowed = tuple(s for s in allowed if s in ("http", "https"))
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 - urllib's signature
+        if urlsplit(newurl).scheme.lower() not in self.allowed:
+            raise urllib.error.URLError("redirect to a URL scheme this device does not allow")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _network_reason(reason: object) -> str:
+    """A category for a failed connection, never the text of a remote party (TLS names, server words)."""
+    if isinstance(reason, str) and reason.startswith("redirect"):
+        return reason
+    if isinstance(reason, ssl.SSLError):
+        return "TLS handshake or certificate not accepted"
+    if isinstance(reason, socket.gaierror):
+        return "host name not found"
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return "timed out"
+    return "network error"
+
+
+def _http_status(code: int) -> str:
+    try:
+        return f"HTTP {code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return f"HTTP {code}"
 
 
 class DownloadArea:
@@ -102,16 +194,20 @@ class DownloadArea:
         self.root.mkdir(parents=True, exist_ok=True)
         return shutil.disk_usage(self.root).free
 
-    def check_space(self, size: int | None) -> None:
-        """An archive needs room for itself, its unpacked copy and the installed copy."""
+    def check_space(self, size: int | None, say_size: bool = True) -> None:
+        """An archive needs room for itself, its unpacked copy and the installed copy.
+
+        ``say_size=False`` when the size came from the source (a server's Content-Length): the
+        answer must not describe what the source holds.
+        """
         if size is None:
             return
         need = 3 * size + 16 * 1024**2
         free = self.free_bytes()
         if free < need:
-            raise DownloadError(f"not enough free space in {self.root}: {free // 2**20} MB free, about "
-                                f"{need // 2**20} MB needed for a {size // 2**20} MB bundle; free space or delete "
-                                "old models (crackseg-edge model list)")
+            needed = f", about {need // 2**20} MB needed for a {size // 2**20} MB bundle" if say_size else ""
+            raise DownloadError(f"not enough free space in {self.root}: {free // 2**20} MB free{needed}; free space "
+                                "or delete old models (crackseg-edge model list)")
 
     # -- receiving -------------------------------------------------------------------------
     def receive(self, sha256: str, read: Callable[[int], bytes], *, what: str, max_bytes: int,
@@ -143,12 +239,11 @@ class DownloadArea:
                         progress(n, size)
                 f.flush()
                 os.fsync(f.fileno())
-            if size is not None and n != size:
-                raise DownloadError(f"{what}: truncated: got {n} of the {size} bytes announced; send it again")
-            digest = h.hexdigest()
-            if digest != sha256:
-                raise DownloadError(f"{what}: sha256 is {digest}, the command said {sha256} (corrupted, truncated "
-                                    "or another file); nothing was installed")
+            if size is not None and n != size:  # never say how many bytes came: that would describe the source
+                raise DownloadError(f"{what}: truncated: fewer than the {size} bytes announced; send it again")
+            if h.hexdigest() != sha256:  # nor which sha256 they had
+                raise DownloadError(f"{what}: the sha256 differs from the command's (corrupted, truncated or another "
+                                    "file); nothing was installed")
             final = self.root / f"{sha256}{archive_suffix(part)}"
             os.replace(part, final)
             fsync_path(self.root)
@@ -183,38 +278,56 @@ class DownloadArea:
         what = redact_url(url)
         deadline = time.monotonic() + limits.timeout_s
         if scheme == "file":
-            if parts.netloc not in ("", "localhost"):
-                raise DownloadError(f"{what}: file:// URLs must name a local absolute path (file:///path)")
-            path = Path(unquote(parts.path))
-            if not path.is_file():
-                raise DownloadError(f"{what}: no such file on the device")
-            self.check_space(path.stat().st_size)
-            with open(path, "rb") as f:
-                return self.receive(sha256, f.read, what=what, max_bytes=limits.max_bytes, size=size,
-                                    deadline=deadline, timeout_s=limits.timeout_s, progress=progress)
+            return self._fetch_file(parts.netloc, unquote(parts.path), sha256, limits, size, what, deadline)
         if not parts.hostname:
             raise DownloadError(f"{what}: the URL names no host")
-        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+        return self._fetch_http(url, sha256, limits, size, what, deadline, progress)
+
+    def _fetch_file(self, netloc: str, path_text: str, sha256: str, limits: FetchLimits, size: int | None,
+                    what: str, deadline: float) -> Path:
+        if netloc not in ("", "localhost"):
+            raise DownloadError(f"{what}: file:// URLs must name a local absolute path (file:///path)")
+        if limits.file_root is None:
+            raise DownloadError(f"{what}: file:// URLs need updates.file_root, the one folder they may read")
+        names = confined_parts(limits.file_root, path_text, what)
         try:
-            with urllib.request.urlopen(request, timeout=min(SOCKET_TIMEOUT_S, limits.timeout_s)) as resp:
+            with os.fdopen(open_confined(limits.file_root, names), "rb") as f:
+                return self.receive(sha256, f.read, what=what, max_bytes=limits.max_bytes, size=size,
+                                    deadline=deadline, timeout_s=limits.timeout_s)
+        except NotAnArchiveError:
+            raise
+        except (OSError, DownloadError):
+            raise DownloadError(FILE_REFUSED.format(what=what)) from None
+
+    def _fetch_http(self, url: str, sha256: str, limits: FetchLimits, size: int | None, what: str,
+                    deadline: float, progress: Progress | None) -> Path:
+        """http(s): failures say what went wrong in the device's words, never the server's content."""
+        timeout = min(SOCKET_TIMEOUT_S, limits.timeout_s)
+        opener = urllib.request.build_opener(_SchemeCheckingRedirects(limits.allowed_schemes))
+        try:
+            request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+            with opener.open(request, timeout=timeout) as resp:
                 length = resp.headers.get("Content-Length")
                 if length is not None and length.isdigit():
                     announced = int(length)
                     if announced > limits.max_bytes:
-                        raise DownloadError(f"{what}: {announced} bytes, over updates.max_bundle_bytes "
-                                            f"({limits.max_bytes}); refused")
+                        raise DownloadError(f"{what}: the server announces more than updates.max_bundle_bytes "
+                                            f"({limits.max_bytes} bytes); refused")
                     if size is not None and announced != size:
-                        raise DownloadError(f"{what}: the server sends {announced} bytes, the command said {size}; "
-                                            "refused")
-                    self.check_space(announced)
+                        raise DownloadError(f"{what}: the server announces another size than the {size} bytes of "
+                                            "the command; refused")
+                    self.check_space(announced, say_size=False)
                 return self.receive(sha256, resp.read, what=what, max_bytes=limits.max_bytes, size=size,
                                     deadline=deadline, timeout_s=limits.timeout_s, progress=progress)
         except urllib.error.HTTPError as exc:
-            raise DownloadError(f"{what}: HTTP {exc.code} {exc.reason}") from None
+            raise DownloadError(f"{what}: {_http_status(exc.code)}") from None
         except urllib.error.URLError as exc:
-            raise DownloadError(f"{what}: cannot download ({exc.reason})") from None
+            raise DownloadError(f"{what}: cannot download ({_network_reason(exc.reason)})") from None
         except TimeoutError:
-            raise DownloadError(f"{what}: no data for {min(SOCKET_TIMEOUT_S, limits.timeout_s):.0f} s; try again "
-                                "later") from None
+            raise DownloadError(f"{what}: no data for {timeout:.0f} s; try again later") from None
+        except http.client.HTTPException:
+            raise DownloadError(f"{what}: the server broke off or sent a malformed response; try again") from None
+        except ValueError:  # http.client.InvalidURL, bad IDNA host names
+            raise DownloadError(f"{what}: not a valid http(s) URL") from None
         except OSError as exc:
-            raise DownloadError(f"{what}: connection failed ({exc})") from None
+            raise DownloadError(f"{what}: connection failed ({_network_reason(exc)})") from None

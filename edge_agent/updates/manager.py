@@ -217,13 +217,15 @@ class UpdateManager:
         def progress(done: int, total: int | None) -> None:
             if self._closing.is_set():
                 raise UpdateError("the agent is stopping; the download was abandoned")
+            if job.size is None:  # byte counts only up to a size the sender announced: never describe a source
+                return
             now = time.monotonic()
             if now - last[0] >= PROGRESS_EVERY_S:
                 last[0] = now
                 self._emit(Stage.DOWNLOADING, job, bytes=done, total=total)
 
         limits = FetchLimits(self.ucfg.max_bundle_bytes, self.ucfg.download_timeout_s,
-                             tuple(self.ucfg.allowed_url_schemes))
+                             tuple(self.ucfg.allowed_url_schemes), self.ucfg.file_root)
         return self.downloads.fetch(job.url, job.sha256, limits, size=job.size, progress=progress)
 
     def _check_version(self, job: Job, bundle: Bundle) -> None:

@@ -60,6 +60,9 @@ CONTEXT = b"crackseg-command-v1\n"
 NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
 NONCES_NAME = "command-nonces.jsonl"
 SIGNATURE_FIELDS = ("ts", "nonce", "key_id", "sig")
+# The commands that change the model: signed by default once command keys are configured
+# (updates.require_signed_update_commands), even when unsigned commands are otherwise allowed.
+UPDATE_COMMANDS = frozenset({"model-update", "model-chunk", "model-chunk-abort", "model-rollback"})
 
 
 class CommandKeyError(UpdateError):
@@ -150,11 +153,13 @@ class CommandVerifier:
     """
 
     def __init__(self, keys: Mapping[str, Ed25519PublicKey], max_age_s: float, nonces: NonceStore,
-                 required: bool = True, clock: Callable[[], float] = time.time):
+                 required: bool = True, clock: Callable[[], float] = time.time,
+                 required_for: frozenset[str] = frozenset()):
         self.keys = dict(keys)
         self.max_age_s = float(max_age_s)
         self.nonces = nonces
         self.required = required
+        self.required_for = required_for  # command names that need a signature even when not `required`
         self.clock = clock
 
     def __call__(self, cmd: Command) -> str | None:
@@ -163,6 +168,10 @@ class CommandVerifier:
             if self.required:
                 raise CommandError("command refused: not signed, and this device accepts only signed commands "
                                    "(add ts, nonce, key_id and sig; see docs/updates.md)")
+            if cmd.name in self.required_for:
+                raise CommandError(f"command refused: {cmd.name} must be signed on this device (command keys are "
+                                   "configured: updates.require_signed_update_commands); add ts, nonce, key_id "
+                                   "and sig, see docs/updates.md")
             return None
         sig_text, key_id, ts, nonce = args.get("sig"), args.get("key_id"), args.get("ts"), args.get("nonce")
         if not isinstance(key_id, str) or key_id not in self.keys:
@@ -209,7 +218,7 @@ class CommandVerifier:
 def load_command_keys(cfg: Any, environ: Mapping[str, str] | None = None) -> dict[str, Ed25519PublicKey]:
     """key_id -> public key from ``updates.command_public_keys`` (files or systemd credentials)."""
     from edge_agent.bundle.signing import SignatureError, load_public_key
-    from edge_agent.config.loader import SecretError, credential_path
+    from edge_agent.config import SecretError, credential_path
 
     keys: dict[str, Ed25519PublicKey] = {}
     for entry in cfg.command_public_keys:
@@ -231,8 +240,10 @@ def make_command_verifier(config: Any, state_dir: str | Path,
                           environ: Mapping[str, str] | None = None) -> CommandVerifier:
     """The verifier for ``CommandRegistry(verify=...)`` from an ``UpdatesConfig``."""
     keys = load_command_keys(config, environ)
+    signed_updates = keys and getattr(config, "require_signed_update_commands", True)
     return CommandVerifier(keys, config.command_max_age_s, NonceStore(Path(state_dir) / NONCES_NAME),
-                           required=bool(config.require_signed_commands))
+                           required=bool(config.require_signed_commands),
+                           required_for=UPDATE_COMMANDS if signed_updates else frozenset())
 
 
 def command_verifier_for(config: Any, state_dir: str | Path,
