@@ -14,11 +14,11 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.demo.broker import LocalBroker, PortReservation, free_port, mosquitto_path
+from tests.helpers import wait_until
 
 __all__ = ["MISSING_MESSAGE", "MOSQUITTO", "MosquittoBroker", "PortReservation", "TlsFiles", "free_port",
            "make_ca_and_server", "make_client_cert", "mosquitto_available"]
@@ -178,12 +178,8 @@ class MosquittoBroker(LocalBroker):
         waits for a save so that subscriptions made before the kill survive it.
         """
         db = self.persistence_file
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if db.exists() and db.stat().st_mtime > after:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"mosquitto did not save {db} within {timeout}s (is persistence on?)")
+        wait_until(lambda: db.exists() and db.stat().st_mtime > after, timeout,
+                   f"mosquitto to save {db} (is persistence on?)", interval=0.1)
 
     def __enter__(self) -> MosquittoBroker:
         return self.start()

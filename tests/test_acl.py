@@ -20,6 +20,7 @@ from edge_agent.agent.commands import CommandRegistry
 from edge_agent.comms.mqtt import MqttCommunicator
 from edge_agent.comms.topics import Topics
 from edge_agent.config.mqtt import MqttConfig
+from tests.helpers import wait_until
 
 ACL = (Path(__file__).resolve().parents[1] / "docs" / "mosquitto-acl.example").read_text()
 USERS = {"van-01": "pw-van-01", "van-02": "pw-van-02", "office": "pw-office"}
@@ -32,10 +33,7 @@ def client(broker, user: str) -> paho.Client:
     c.username_pw_set(user, USERS[user])
     c.connect(broker.host, broker.port, keepalive=10)
     c.loop_start()
-    deadline = time.monotonic() + 10
-    while not c.is_connected() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert c.is_connected(), f"{user} could not log in"
+    wait_until(c.is_connected, 10, f"{user} to log in")
     return c
 
 

@@ -15,6 +15,7 @@ import time
 
 from edge_agent.video.synthetic import write_image_folder, write_survey_video
 from tests.agent_run import DEVICE, agent, finish, write_config
+from tests.helpers import wait_until
 from tests.schemas import validate_message
 
 
@@ -57,11 +58,8 @@ def test_broker_killed_and_restarted_mid_run_loses_nothing(tmp_path, mosquitto, 
     mosquitto.wait_saved(time.time())
     mosquitto.restart(kill=True, down_s=float(os.environ.get("CRACKSEG_TEST_OUTAGE_S", "3")))
     summary = finish(proc)
-    frames = detections_by_frame(sub)
-    deadline = time.monotonic() + 30
-    while len(frames) < n and time.monotonic() < deadline:
-        time.sleep(0.2)
-        frames = detections_by_frame(sub)
+    frames = wait_until(lambda: (lambda f: f if len(f) >= n else None)(detections_by_frame(sub)), 30,
+                        lambda: f"all {n} frames; missing {sorted(set(range(n)) - set(detections_by_frame(sub)))}")
     assert sorted(frames) == list(range(n)), f"missing frames {sorted(set(range(n)) - set(frames))}"
     for copies in frames.values():  # a duplicate is the same message again, never a new one
         assert len({c["msg_id"] for c in copies}) == 1
@@ -70,32 +68,31 @@ def test_broker_killed_and_restarted_mid_run_loses_nothing(tmp_path, mosquitto, 
 
 def test_agent_killed_with_sigkill_delivers_persisted_detections_after_restart(tmp_path, make_broker, subscriber,
                                                                                model_path):
-    from tests.mosquitto import free_port
-
-    port = free_port()  # no broker yet: everything queues in the outbox
-    url = f"mqtt://127.0.0.1:{port}"
+    broker = make_broker(start=False)  # not running yet (its port is reserved): everything queues in the outbox
+    url = broker.url
     video = write_survey_video(tmp_path / "clip.mp4", 200, size=(160, 120), fps=10)
     cfg = write_config(tmp_path, model_path, str(video), url)
     proc = agent(cfg)
     outbox = tmp_path / "state" / "outbox.sqlite3"
-    deadline = time.monotonic() + 60
-    pending: list[tuple[str, int]] = []
-    while time.monotonic() < deadline:
-        if outbox.exists():
-            with sqlite3.connect(outbox) as db:
-                try:
-                    rows = db.execute("SELECT COUNT(*) FROM messages WHERE topic LIKE '%/detections'").fetchone()[0]
-                except sqlite3.OperationalError:
-                    rows = 0
-            if rows >= 8:
-                break
-        time.sleep(0.1)
+
+    def queued_detections() -> int:
+        assert proc.poll() is None, f"the agent exited with {proc.returncode}: {proc.stderr.read()[-2000:]}"
+        if not outbox.exists():
+            return 0
+        with sqlite3.connect(outbox) as db:
+            try:
+                return db.execute("SELECT COUNT(*) FROM messages WHERE topic LIKE '%/detections'").fetchone()[0]
+            except sqlite3.OperationalError:
+                return 0  # the agent has not made the table yet
+
+    wait_until(lambda: queued_detections() >= 8, 60,
+               lambda: f"8 detections queued in the outbox (there are {queued_detections()})", interval=0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     with sqlite3.connect(outbox) as db:
         pending = db.execute("SELECT msg_id, seq FROM messages WHERE topic LIKE '%/detections' ORDER BY seq").fetchall()
     assert len(pending) >= 8
-    broker = make_broker(port=port)
+    broker.start()
     sub = subscriber(broker.url, f"crackseg/{DEVICE}/detections")
     short = write_survey_video(tmp_path / "one.mp4", 1, size=(160, 120), fps=10)
     summary = finish(agent(write_config(tmp_path, model_path, str(short), url), "--max-frames", "1"))

@@ -27,6 +27,7 @@ from edge_agent.position import (
     create_position_provider,
 )
 from edge_agent.position.nmea import KNOTS_TO_MPS, checksum
+from tests.helpers import PortReservation, wait_until
 
 LAT, LON = 48.1173, 11.516666666666667  # 4807.038 N, 01131.000 E
 
@@ -41,16 +42,6 @@ def epoch(t: str = "123519.00", lat: str = "4807.038,N", lon: str = "01131.000,E
         sentence(f"GPGGA,{t},{lat},{lon},{quality},{sats:02d},0.9,545.4,M,46.9,M,,"),
         sentence(f"GPRMC,{t},{status},{lat},{lon},{knots:05.1f},{course:05.1f},230394,003.1,W,A"),
     ]
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- NMEA parsing ---------------------------------------------------------------------------
@@ -124,30 +115,31 @@ def pty_pair():
 def test_nmea_serial_over_pty(pty_pair):
     master, device = pty_pair
     with NmeaSerialProvider(device, 9600, max_fix_age_s=30, reconnect_initial_s=0.05) as gps:
-        wait_for(gps.connected.is_set, what="the serial port to open")
+        wait_until(gps.connected.is_set, what="the serial port to open")
         assert not gps.latest().has_fix and gps.latest().fix_quality == "none"
         os.write(master, "".join(epoch()).encode())
-        fix = wait_for(lambda: gps.latest() if gps.latest().has_fix else None, what="a fix")
+        fix = wait_until(lambda: gps.latest() if gps.latest().has_fix else None, what="a fix")
         assert fix.source == "nmea" and fix.lat == pytest.approx(LAT) and fix.age_s >= 0
         # A corrupted sentence with another position changes nothing; a good one does.
         bad = epoch(t="123520.00", lat="5000.000,N")[0].replace("5000.000", "5100.000")
         os.write(master, bad.encode() + "".join(epoch(t="123521.00", lat="4900.000,N")).encode())
-        wait_for(lambda: gps.latest().lat == pytest.approx(49.0), what="the new position")
+        wait_until(lambda: gps.latest().lat == pytest.approx(49.0), what="the new position")
         assert gps.parser.rejected >= 1
         os.write(master, sentence("GPRMC,123522.00,V,,,,,,,230394,,,N").encode())
-        wait_for(lambda: not gps.latest().has_fix, what="the fix to be lost")
+        wait_until(lambda: not gps.latest().has_fix, what="the fix to be lost")
 
 
-def test_nmea_serial_waits_for_a_device_that_appears_later(pty_pair, tmp_path):
+def test_nmea_serial_waits_for_a_device_that_appears_later(pty_pair, tmp_path, caplog):
     master, real_device = pty_pair
     link = tmp_path / "gps0"  # like a USB receiver plugged in after boot
     with NmeaSerialProvider(str(link), reconnect_initial_s=0.05, reconnect_max_s=0.2) as gps:
-        time.sleep(0.3)
+        wait_until(lambda: sum("retrying" in r.getMessage() and str(link) in r.getMessage()
+                               for r in caplog.records) >= 2, what="two failed opens logged")
         assert gps.opens == 0
         link.symlink_to(real_device)
-        wait_for(gps.connected.is_set, what="the device to be opened")
+        wait_until(gps.connected.is_set, what="the device to be opened")
         os.write(master, "".join(epoch()).encode())
-        wait_for(lambda: gps.latest().has_fix, what="a fix")
+        wait_until(lambda: gps.latest().has_fix, what="a fix")
 
 
 # -- fix ageing ------------------------------------------------------------------------------
@@ -217,13 +209,13 @@ def test_gpsd_protocol_fix_satellites_and_reconnect():
     ])
     try:
         with GpsdProvider("127.0.0.1", fake.port, reconnect_initial_s=0.05, reconnect_max_s=0.1) as gps:
-            fix = wait_for(lambda: gps.latest() if gps.latest().has_fix else None, what="a gpsd fix")
+            fix = wait_until(lambda: gps.latest() if gps.latest().has_fix else None, what="a gpsd fix")
             assert (fix.lat, fix.lon, fix.alt_m) == (52.5, 13.4, 34.5)
             assert fix.speed_mps == 12.5 and fix.heading_deg == 91.0
             assert fix.fix_mode == "3d" and fix.fix_quality == "dgps" and fix.satellites == 9
             assert fix.fix_time == datetime(2024, 5, 1, 10, tzinfo=timezone.utc) and fix.source == "gpsd"
-            wait_for(lambda: gps.connections == 2, what="the reconnect")
-            wait_for(lambda: not gps.latest().has_fix, what="mode 1 to clear the fix")
+            wait_until(lambda: gps.connections == 2, what="the reconnect")
+            wait_until(lambda: not gps.latest().has_fix, what="mode 1 to clear the fix")
         watch = json.loads(fake.commands[0].split(b"=", 1)[1].rstrip(b";\r\n"))
         assert watch == {"enable": True, "json": True}
     finally:
@@ -231,12 +223,6 @@ def test_gpsd_protocol_fix_satellites_and_reconnect():
 
 
 # -- the real gpsd, fed by gpsfake --------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not (shutil.which("gpsfake") and (shutil.which("gpsd") or os.path.exists("/usr/sbin/gpsd"))),
                     reason="gpsd/gpsfake not installed (apt-get install gpsd gpsd-clients)")
 def test_real_gpsd_via_gpsfake(tmp_path):
@@ -246,7 +232,8 @@ def test_real_gpsd_via_gpsfake(tmp_path):
         lines += epoch(t=f"1200{i:02d}.00", knots=19.4, course=270.0)
         lines.append(sentence("GPGSA,A,3,04,05,09,12,24,,,,,,,,2.5,1.3,2.1"))
     log.write_text("".join(lines))
-    port = _free_port()
+    reservation = PortReservation()  # gpsd binds over it; nobody else can take the port, also between runs
+    port = reservation.port
     env = {**os.environ, "PATH": os.environ.get("PATH", "") + ":/usr/sbin"}
 
     def gpsfake() -> subprocess.Popen:
@@ -258,7 +245,7 @@ def test_real_gpsd_via_gpsfake(tmp_path):
         with GpsdProvider("127.0.0.1", port, max_fix_age_s=1.0, reconnect_initial_s=0.1,
                           reconnect_max_s=0.5) as gps:
             # gpsd's first report of a cycle can come from GGA alone (no speed yet): wait for a full one.
-            fix = wait_for(lambda: (lambda f: f if f.has_fix and f.speed_mps is not None else None)(gps.latest()),
+            fix = wait_until(lambda: (lambda f: f if f.has_fix and f.speed_mps is not None else None)(gps.latest()),
                            timeout=30, what="a gpsd fix with speed")
             assert fix.lat == pytest.approx(LAT) and fix.lon == pytest.approx(LON)
             assert fix.speed_mps == pytest.approx(19.4 * KNOTS_TO_MPS, abs=0.01)
@@ -267,14 +254,15 @@ def test_real_gpsd_via_gpsfake(tmp_path):
             # gpsd stops: the fix ages out; gpsd comes back: the provider reconnects by itself.
             os.killpg(proc.pid, 15)
             proc.wait(timeout=10)
-            wait_for(lambda: not gps.latest().has_fix, timeout=15, what="the fix to go stale")
+            wait_until(lambda: not gps.latest().has_fix, timeout=15, what="the fix to go stale")
             assert gps.latest().fix_quality == "none"
             proc = gpsfake()
-            wait_for(lambda: gps.connections >= 2 and gps.latest().has_fix, timeout=30, what="reconnect + fix")
+            wait_until(lambda: gps.connections >= 2 and gps.latest().has_fix, timeout=30, what="reconnect + fix")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, 15)
             proc.wait(timeout=10)
+        reservation.release()
 
 
 # -- config --------------------------------------------------------------------------------------
