@@ -101,8 +101,13 @@ class UpdatesConfig(BaseModel):
     chunk_max_bytes: ByteCount = Field(256 * 1024, description="largest decoded payload of one model-chunk "
                                                                "command (keep it under the broker's "
                                                                "message_size_limit)")
-    transfer_max_age_s: float = Field(7 * 24 * 3600.0, gt=0, description="incomplete chunked transfers older "
-                                                                          "than this are deleted")
+    transfer_max_age_s: float = Field(3600.0, gt=0, description="an incomplete chunked transfer that got no chunk "
+                                                                "for this long is deleted")
+    max_open_transfers: int = Field(2, ge=1, description="incomplete chunked transfers kept at once; a chunk of "
+                                                         "another transfer is refused (model-chunk-abort ends one)")
+    transfers_max_bytes: ByteCount | None = Field(None, description="downloads/ may hold at most this much for "
+                                                                    "chunked transfers (unfinished chunks and received "
+                                                                    "archives); default 2 x max_bundle_bytes")
     audit_max_bytes: ByteCount = Field(8 * 1024**2, description="audit.jsonl is rotated to audit.jsonl.1 beyond "
                                                                 "this size")
 
@@ -128,4 +133,7 @@ class UpdatesConfig(BaseModel):
                              f"({self.watch_window_s}), or the frame rate is never judged")
         if self.chunk_max_bytes > self.max_bundle_bytes:
             raise ValueError("chunk_max_bytes must not exceed max_bundle_bytes")
+        if self.transfers_max_bytes is not None and self.transfers_max_bytes < self.max_bundle_bytes:
+            raise ValueError("transfers_max_bytes must be at least max_bundle_bytes, or no bundle could arrive in "
+                             "chunks")
         return self

@@ -32,6 +32,13 @@ class TransferError(UpdateError):
     """A ``model-chunk`` command that cannot be accepted (the chunks received so far are kept)."""
 
 
+def check_transfer_id(value: object) -> str:
+    """A transfer id is a folder name: letters, digits, '_', '-', '.', never '..' or a path."""
+    if not isinstance(value, str) or not TRANSFER_ID_RE.match(value):
+        raise TransferError("'transfer_id' must be 1-64 letters, digits, '_', '-' or '.'")
+    return value
+
+
 def iter_chunk_commands(archive: str | Path, chunk_bytes: int = 192 * 1024, transfer_id: str | None = None,
                         version: str | None = None) -> Iterator[dict]:
     """Office side: the ``model-chunk`` bodies for ``archive``, in order (publish each, QoS 1).
@@ -66,21 +73,49 @@ class ChunkProgress:
                 "bytes": self.bytes, "complete": self.complete is not None}
 
 
+@dataclass(frozen=True)
+class OpenTransfer:
+    """An unfinished transfer as refusals and ``model-status`` list it."""
+
+    transfer_id: str
+    received: int
+    count: int
+    bytes: int
+    idle_s: float
+
+    def describe(self) -> str:
+        return (f"'{self.transfer_id}' ({self.received}/{self.count} chunks, {self.bytes} bytes, last chunk "
+                f"{self.idle_s:.0f} s ago)")
+
+    def to_dict(self) -> dict:
+        return {"transfer_id": self.transfer_id, "received": self.received, "count": self.count,
+                "bytes": self.bytes, "idle_s": round(self.idle_s, 1)}
+
+
 class ChunkAssembler:
-    """``<downloads>/transfers/<transfer_id>/``: ``meta.json`` plus one file per received chunk."""
+    """``<downloads>/transfers/<transfer_id>/``: ``meta.json`` plus one file per received chunk.
+
+    Bounded, because whoever may publish ``model-chunk`` could otherwise open transfer after
+    transfer under new ids until the disk is full: at most ``max_open`` unfinished transfers,
+    at most ``max_total_bytes`` in ``downloads/`` (unfinished chunks plus received archives
+    waiting for their update; default twice ``max_bundle_bytes``), and a transfer that got no
+    chunk for ``max_age_s`` is deleted (when the next chunk of any transfer arrives, and at
+    start). A refusal names the open transfers and how to end one (``abort``).
+    """
 
     def __init__(self, area: DownloadArea, max_bundle_bytes: int, chunk_max_bytes: int,
-                 max_age_s: float = 7 * 24 * 3600.0):
+                 max_age_s: float = 3600.0, max_open: int = 2, max_total_bytes: int | None = None):
         self.area = area
         self.dir = area.root / "transfers"
         self.max_bundle_bytes = int(max_bundle_bytes)
         self.chunk_max_bytes = int(chunk_max_bytes)
         self.max_age_s = max_age_s
+        self.max_open = int(max_open)
+        self.max_total_bytes = int(max_total_bytes) if max_total_bytes else 2 * self.max_bundle_bytes
         self._lock = threading.Lock()
 
     def _check(self, transfer_id: object, index: object, count: object, sha256: object) -> tuple[str, int, int, str]:
-        if not isinstance(transfer_id, str) or not TRANSFER_ID_RE.match(transfer_id):
-            raise TransferError("'transfer_id' must be 1-64 letters, digits, '_', '-' or '.'")
+        transfer_id = check_transfer_id(transfer_id)
         for name, v in (("index", index), ("count", count)):
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TransferError(f"'{name}' must be an integer")
@@ -108,20 +143,25 @@ class ChunkAssembler:
             if done is not None:  # assembled before (a resend after a restart or a lost response)
                 self._remove(transfer_id)
                 return ChunkProgress(transfer_id, count, count, done.stat().st_size, done)
+            self._expire()
             folder = self.dir / transfer_id
             meta = self._meta(folder)
             if meta is None:
-                folder.mkdir(parents=True, exist_ok=True)
-                meta = {"transfer_id": transfer_id, "count": count, "sha256": sha256, "created": time.time()}
-                write_file_synced(folder / "meta.json", json.dumps(meta).encode())
+                self._refuse_new_transfer(transfer_id)
             elif meta["count"] != count or meta["sha256"] != sha256:
                 raise TransferError(f"transfer '{transfer_id}' was started with count {meta['count']} and sha256 "
-                                    f"{meta['sha256'][:12]}...; use a new transfer_id for another file")
-            have = self._received(folder)
+                                    f"{meta['sha256'][:12]}...; use a new transfer_id for another file, or end "
+                                    "this one with model-chunk-abort")
+            have = self._received(folder) if meta is not None else {}
             total = sum(have.values()) - have.get(index, 0) + len(data)
             if total > self.max_bundle_bytes:
                 raise TransferError(f"transfer '{transfer_id}' exceeds updates.max_bundle_bytes "
                                     f"({self.max_bundle_bytes} bytes); refused")
+            self._refuse_growth(len(data) - have.get(index, 0), transfer_id)
+            if meta is None:
+                folder.mkdir(parents=True, exist_ok=True)
+                meta = {"transfer_id": transfer_id, "count": count, "sha256": sha256, "created": time.time()}
+                write_file_synced(folder / "meta.json", json.dumps(meta).encode())
             write_file_synced(folder / f"chunk-{index:06d}", data)
             have[index] = len(data)
             kill_point("chunk_written")
@@ -129,6 +169,84 @@ class ChunkAssembler:
                 return ChunkProgress(transfer_id, len(have), count, total)
             path = self._assemble(folder, count, sha256, transfer_id)
             return ChunkProgress(transfer_id, count, count, total, path)
+
+    # -- limits ------------------------------------------------------------------------------
+    def _how_to_end(self) -> str:
+        return ("end one with model-chunk-abort {\"transfer_id\": \"...\"}, finish it, or let it expire after "
+                f"{self.max_age_s:.0f} s without a chunk (updates.transfer_max_age_s)")
+
+    def _refuse_new_transfer(self, transfer_id: str) -> None:
+        open_now = self.open_transfers()
+        if len(open_now) >= self.max_open:
+            raise TransferError(f"transfer '{transfer_id}' refused: {len(open_now)} transfers are open already "
+                                f"(updates.max_open_transfers {self.max_open}): "
+                                f"{', '.join(t.describe() for t in open_now)}; {self._how_to_end()}")
+
+    def _refuse_growth(self, growth: int, transfer_id: str) -> None:
+        used = self.disk_bytes()
+        if growth > 0 and used + growth > self.max_total_bytes:
+            waiting = [p.name for p in self.area.root.glob("*") if p.is_file() and not p.name.endswith(".part")]
+            raise TransferError(
+                f"transfer '{transfer_id}' refused: {self.area.root} would hold more than {self.max_total_bytes} "
+                f"bytes (updates.transfers_max_bytes); open: "
+                f"{', '.join(t.describe() for t in self.open_transfers()) or 'none'}"
+                + (f"; received archives waiting for their update: {', '.join(waiting)}" if waiting else "")
+                + f"; {self._how_to_end()}")
+
+    def disk_bytes(self) -> int:
+        """Every byte under ``downloads/``: unfinished transfers, received archives, a download under way."""
+        total = 0
+        if self.area.root.is_dir():
+            for p in self.area.root.rglob("*"):
+                try:
+                    if p.is_file() and not p.is_symlink():
+                        total += p.stat().st_size
+                except OSError:
+                    continue
+        return total
+
+    def open_transfers(self) -> list[OpenTransfer]:
+        out = []
+        now = time.time()
+        for folder in sorted(self.dir.iterdir()) if self.dir.is_dir() else []:
+            meta = self._meta(folder)
+            if meta is None:
+                continue
+            have = self._received(folder)
+            out.append(OpenTransfer(folder.name, len(have), int(meta["count"]), sum(have.values()),
+                                    max(0.0, now - self._last_activity(folder, meta))))
+        return out
+
+    def abort(self, transfer_id: object) -> OpenTransfer:
+        """Delete an unfinished transfer; TransferError (naming the open ones) when there is none."""
+        transfer_id = check_transfer_id(transfer_id)
+        with self._lock:
+            match = [t for t in self.open_transfers() if t.transfer_id == transfer_id]
+            if not match:
+                open_now = ", ".join(t.describe() for t in self.open_transfers()) or "none"
+                raise TransferError(f"no open transfer '{transfer_id}' (open: {open_now})")
+            self._remove(transfer_id)
+            return match[0]
+
+    def _last_activity(self, folder: Path, meta: dict) -> float:
+        """When the transfer last got a chunk: a new chunk file changes the folder's mtime."""
+        try:
+            mtime = folder.stat().st_mtime
+        except OSError:
+            mtime = 0.0
+        created = meta.get("created")
+        return max(mtime, float(created) if isinstance(created, (int, float)) else 0.0)
+
+    def _expire(self) -> list[str]:
+        """Drop transfers idle longer than ``max_age_s`` (and folders without a readable meta.json)."""
+        removed: list[str] = []
+        now = time.time()
+        for folder in list(self.dir.iterdir()) if self.dir.is_dir() else []:
+            meta = self._meta(folder)
+            if meta is None or now - self._last_activity(folder, meta) > self.max_age_s:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder.name)
+        return removed
 
     def _assemble(self, folder: Path, count: int, sha256: str, transfer_id: str) -> Path:
         reader = _ChunkReader([folder / f"chunk-{i:06d}" for i in range(count)])
@@ -154,17 +272,24 @@ class ChunkAssembler:
         return {"transfer_id": transfer_id, "count": meta["count"], "received": len(have), "missing": missing[:100]}
 
     def cleanup_stale(self) -> list[str]:
-        """Drop transfers older than ``max_age_s`` and those whose archive is complete already."""
-        removed: list[str] = []
-        if not self.dir.is_dir():
-            return removed
+        """At start: drop idle transfers, those whose archive is complete already, and received
+        archives older than ``max_age_s`` (no update can be using one before the agent runs)."""
         with self._lock:
-            for folder in self.dir.iterdir():
+            removed = self._expire()
+            for folder in list(self.dir.iterdir()) if self.dir.is_dir() else []:
                 meta = self._meta(folder)
-                stale = meta is None or time.time() - float(meta.get("created", 0)) > self.max_age_s
-                if meta is None or stale or self.area.find_complete(meta["sha256"]) is not None:
+                if meta is not None and self.area.find_complete(meta["sha256"]) is not None:
                     shutil.rmtree(folder, ignore_errors=True)
                     removed.append(folder.name)
+            now = time.time()
+            for p in list(self.area.root.glob("*")) if self.area.root.is_dir() else []:
+                try:
+                    old = p.is_file() and now - p.stat().st_mtime > self.max_age_s
+                except OSError:
+                    continue
+                if old:
+                    p.unlink(missing_ok=True)
+                    removed.append(p.name)
         return removed
 
     def _remove(self, transfer_id: str) -> None:

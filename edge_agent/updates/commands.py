@@ -53,6 +53,14 @@ class ChunkRequest(BaseModel):
     version: str | None = Field(None, min_length=1)
 
 
+class ChunkAbortRequest(BaseModel):
+    """``model-chunk-abort``: end an unfinished transfer and free its disk space."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    transfer_id: str
+
+
 def parse_args(model: type[BaseModel], cmd: Command) -> Any:
     """Validate a command's JSON object (meta fields removed) into ``model``, or a CommandError."""
     args = {k: v for k, v in cmd.args.items() if k not in COMMAND_META_KEYS}
@@ -75,7 +83,7 @@ def new_update_id() -> str:
 
 
 class UpdateCommands:
-    """``model-update``, ``model-chunk``, ``model-rollback`` and ``model-status`` of one manager."""
+    """``model-update``, ``model-chunk``, ``model-chunk-abort``, ``model-rollback`` and ``model-status``."""
 
     def __init__(self, manager: UpdateManager):
         self.manager = manager
@@ -91,6 +99,7 @@ class UpdateCommands:
     def register(self, registry: Any) -> None:
         registry.register("model-update", self.update)
         registry.register("model-chunk", self.chunk)
+        registry.register("model-chunk-abort", self.abort_transfer)
         registry.register("model-rollback", self.rollback)
         registry.register("model-status", self.status)
 
@@ -127,6 +136,15 @@ class UpdateCommands:
             raise CommandError(f"all {progress.count} chunks received and the archive verified, but {exc}; "
                                "resend any chunk of this transfer later to start the update") from None
         return result
+
+    def abort_transfer(self, cmd: Command) -> dict:
+        self._authorised(cmd)
+        req = parse_args(ChunkAbortRequest, cmd)
+        try:
+            aborted = self.manager.chunks.abort(req.transfer_id)
+        except UpdateError as exc:
+            raise CommandError(str(exc)) from None
+        return {"aborted": aborted.to_dict(), "open": [t.to_dict() for t in self.manager.chunks.open_transfers()]}
 
     def rollback(self, cmd: Command) -> dict:
         self._authorised(cmd)

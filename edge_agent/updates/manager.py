@@ -81,7 +81,8 @@ class UpdateManager:
         self.store = ModelStore(self.state_dir / "models", public_key, self.model_cfg.require_signature)
         self.downloads = DownloadArea(self.state_dir / "downloads")
         self.chunks = ChunkAssembler(self.downloads, self.ucfg.max_bundle_bytes, self.ucfg.chunk_max_bytes,
-                                     self.ucfg.transfer_max_age_s)
+                                     self.ucfg.transfer_max_age_s, self.ucfg.max_open_transfers,
+                                     self.ucfg.transfers_max_bytes)
         self.audit_log = AuditLog(self.state_dir / AUDIT_NAME, self.ucfg.audit_max_bytes)
         self.rules = WatchRules.from_config(self.ucfg)
         self.state = UpdateState(clock)
@@ -383,6 +384,7 @@ class UpdateManager:
             out["store_error"] = str(exc)
         if include_installed:
             out["installed"] = [m.to_dict() for m in self.store.list()]
+            out["transfers"] = [t.to_dict() for t in self.chunks.open_transfers()]
         return out
 
     def wait(self, timeout: float | None = None) -> bool:
