@@ -17,6 +17,9 @@ command -v shellcheck >/dev/null 2>&1 || need_apt+=(shellcheck)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v gpsfake >/dev/null 2>&1 || need_apt+=(gpsd gpsd-clients)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# the office tests start a private PostgreSQL with PostGIS (tests/postgres.py); Debian 12 package names
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
+compgen -G '/usr/share/postgresql/*/extension/postgis.control' >/dev/null || need_apt+=(postgresql-15-postgis-3)
 
 setup() {
   if [ "${#need_apt[@]}" -gt 0 ]; then
@@ -36,7 +39,7 @@ setup() {
   "$VENV/bin/python" -m pip install -q --upgrade pip >&2
   # torch first and pinned: an unpinned resolver would pull a multi-GB CUDA build.
   "$VENV/bin/python" -m pip install -q "torch==2.13.0" >&2
-  "$VENV/bin/python" -m pip install -q -e ".[convert,tflite,test,bench]" >&2
+  "$VENV/bin/python" -m pip install -q -e ".[convert,tflite,test,bench,office]" >&2
   "$VENV/bin/python" - <<'PY' >&2
 import torch
 assert torch.__version__.startswith("2.13.0"), f"torch {torch.__version__} replaced the pinned 2.13.0"

@@ -1,0 +1,5 @@
+"""``python -m office`` = ``crackseg-office``."""
+
+from office.cli import main
+
+raise SystemExit(main())

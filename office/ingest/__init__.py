@@ -1,0 +1,1 @@
+"""Ingest: MQTT (``mqtt``) -> checked rows (``rows``) -> one transaction per batch (``writer``) -> acks (``worker``)."""

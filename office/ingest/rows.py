@@ -1,0 +1,141 @@
+"""Checked messages -> table rows (pure: no database, no network), including geolocation.
+
+A batch of detections is geolocated with one geodesic call (``office.geo.PolylineBatch``).
+A crack is placed only when the message is schema v2 (has ``camera``) and its position has a
+fix, a latitude/longitude and a heading; otherwise its observation is stored with a null line
+(counted, merged by track, not on the map), as /tmp/plan/payload-v2.md requires.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from office.geo import Camera, PolylineBatch
+from office.messages import DetectionMessage, JsonMessage, Quarantine, SnapshotMessage
+
+
+@dataclass(slots=True)
+class Incoming:
+    """One MQTT message as the network thread handed it over (nothing parsed yet)."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    retain: bool
+    received_at: datetime
+    generation: int = 0
+    user_properties: dict[str, str] = field(default_factory=dict)
+    content_type: str | None = None
+
+
+def line_wkt(coords: Any) -> str | None:
+    """(N, 2) lon/lat -> WKT LINESTRING with 1e-8 degree resolution (about 1 mm); one point is doubled."""
+    n = len(coords)
+    if n == 0:
+        return None
+    if n == 1:
+        coords = [coords[0], coords[0]]
+    return "LINESTRING(" + ",".join(f"{x:.8f} {y:.8f}" for x, y in coords) + ")"
+
+
+def point_wkt(lon: float, lat: float) -> str:
+    return f"POINT({lon:.8f} {lat:.8f})"
+
+
+def placeable(msg: DetectionMessage) -> bool:
+    d = msg.detection
+    p = d.position
+    return (d.schema_version >= 2 and d.camera is not None and p.lat is not None and p.lon is not None
+            and p.heading_deg is not None and p.fix_quality != "none")
+
+
+@dataclass
+class DetectionRows:
+    """Rows for ``detection_messages`` and, keyed by msg_id, their ``crack_observations``."""
+
+    messages: list[dict[str, Any]]
+    observations: dict[str, list[dict[str, Any]]]
+
+
+def detection_rows(batch: list[tuple[DetectionMessage, datetime]]) -> DetectionRows:
+    geo = PolylineBatch()
+    pending: list[tuple[dict[str, Any], int]] = []
+    messages: list[dict[str, Any]] = []
+    observations: dict[str, list[dict[str, Any]]] = {}
+    for msg, received_at in batch:
+        d = msg.detection
+        p = d.position
+        cam = Camera(d.camera.gsd_x_mm_per_px, d.camera.gsd_y_mm_per_px, d.camera.forward,
+                     d.camera.offset_forward_m, d.camera.offset_right_m) if d.camera is not None else None
+        has_point = p.lat is not None and p.lon is not None and p.fix_quality != "none"
+        messages.append({
+            "msg_id": d.msg_id, "device_id": d.device_id, "seq": d.seq, "schema_version": d.schema_version,
+            "ts": d.ts, "sent_ts": d.sent_ts, "received_at": received_at, "frame_index": d.frame.index,
+            "frame_width": d.frame.width, "frame_height": d.frame.height, "lat": p.lat, "lon": p.lon,
+            "heading_deg": p.heading_deg, "speed_mps": p.speed_mps, "fix_quality": p.fix_quality[:32],
+            "footprint_across_m": cam.footprint_m(d.frame.width, d.frame.height)[0] if cam else None,
+            "crack_count": d.crack_count, "cracks_omitted": d.cracks_omitted, "model_name": d.model.name[:128],
+            "model_version": d.model.version[:64],
+            "geom": point_wkt(p.lon, p.lat) if has_point and p.lon is not None and p.lat is not None else None,
+            "segment_state": 0 if has_point and p.heading_deg is not None else 1,
+            "payload": msg.raw.decode("utf-8"),
+        })
+        rows = []
+        place = placeable(msg) and cam is not None
+        for c in d.cracks:
+            row = {"device_id": d.device_id, "track_id": c.track_id[:128], "ts": d.ts, "frame_index": d.frame.index,
+                   "first_sighting": c.first_sighting, "type": c.type, "severity": c.severity,
+                   "length_m": c.length_m, "width_mean_mm": c.width_mean_mm, "width_max_mm": c.width_max_mm,
+                   "area_m2": c.area_m2, "orientation_deg": c.orientation_deg, "confidence": c.confidence,
+                   "geom": None}
+            if place and c.polyline_px and cam is not None:
+                assert p.lat is not None and p.lon is not None and p.heading_deg is not None
+                handle = geo.add([list(pt) for pt in c.polyline_px], d.frame.width, d.frame.height, cam, p.lat,
+                                 p.lon, p.heading_deg)
+                pending.append((row, handle))
+            rows.append(row)
+        observations[d.msg_id] = rows
+    geo.solve()
+    for row, handle in pending:
+        row["geom"] = line_wkt(geo.result(handle))
+    return DetectionRows(messages, observations)
+
+
+def history_row(msg: JsonMessage, received_at: datetime, retained: bool) -> dict[str, Any]:
+    d = msg.data
+    row: dict[str, Any] = {"msg_id": d["msg_id"], "device_id": d["device_id"], "seq": d["seq"],
+                           "ts": _ts(d["ts"]), "sent_ts": _ts(d["sent_ts"]), "received_at": received_at,
+                           "payload": msg.raw.decode("utf-8")}
+    if msg.kind == "status":
+        row.update(state=d["state"], retained=retained)
+    elif msg.kind == "cmd/response":
+        rid = d.get("request_id")
+        row.update(command=str(d.get("command"))[:128] if d.get("command") is not None else None,
+                   request_id=None if rid is None else str(rid), ok=d.get("ok") if isinstance(d.get("ok"), bool)
+                   else None, error=d.get("error") if isinstance(d.get("error"), str) else None)
+    return row
+
+
+def snapshot_row(msg: SnapshotMessage, received_at: datetime) -> dict[str, Any]:
+    from office.store.database import dumps
+
+    return {"msg_id": msg.msg_id, "device_id": msg.device_id, "seq": msg.seq, "ts": msg.ts, "sent_ts": msg.sent_ts,
+            "received_at": received_at, "frame_index": msg.frame_index, "crack_count": msg.crack_count,
+            "content_type": msg.content_type[:64], "size_bytes": len(msg.jpeg), "jpeg": msg.jpeg,
+            "meta": dumps(msg.meta)}
+
+
+def quarantine_row(item: Incoming, q: Quarantine, keep_bytes: int) -> dict[str, Any]:
+    digest = hashlib.sha256(item.topic.encode("utf-8", "replace") + b"\0" + item.payload).hexdigest()
+    return {"sha256": digest, "topic": item.topic[:1000], "device_id": (q.device_id or "")[:64] or None,
+            "msg_id": (q.msg_id or "")[:64] or None, "reason": q.reason, "size_bytes": len(item.payload),
+            "payload": item.payload[:keep_bytes], "truncated": len(item.payload) > keep_bytes,
+            "first_received_at": item.received_at, "last_received_at": item.received_at, "times": 1}
+
+
+def _ts(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -1,0 +1,463 @@
+"""The crack inventory: one record per physical crack, from many observations (frames, passes, vehicles).
+
+Rules (docs/office.md, "Merging"):
+
+1. Observations of one (device, track_id) are one crack: the agent's tracker already followed
+   it across consecutive frames, and track ids are unique per device run.
+2. A track not seen before becomes a group; its line is the centreline of its observations.
+   It joins an existing crack when the two lines are similar: at least ``min_overlap`` of the
+   shorter line lies within ``tolerance_m`` of the longer (a buffered overlap, so a crack seen
+   whole on one pass and in part on another still matches, unlike a Hausdorff distance) and,
+   for lines of at least ``min_angle_length_m`` that are not alligator networks, their
+   directions differ by at most ``max_angle_deg``. If it matches several cracks, they are one
+   crack seen in pieces before: all merge into the best match (largest overlap).
+3. A crack's attributes come from all its observations: first/last seen, observation count,
+   sightings (distinct device+track), devices, length = the longer of its centreline and its
+   longest single observation, max width = max of width_max_mm, median width = median of
+   width_mean_mm, type = the most frequent (ties: alligator, transverse, diagonal,
+   longitudinal, i.e. the structurally worse first), severity = the worst observed.
+4. Observations that could not be placed (no heading, no fix, schema v1) still form cracks by
+   rule 1, without geometry.
+
+The step is incremental (only observations with no crack yet) and runs under the refresh lock
+(``office.refresh``), never concurrently with itself.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, and_, bindparam, select, tuple_, update
+
+from office.config import InventoryConfig
+from office.geo import FloatArray
+from office.lines import (
+    LocalFrame,
+    angle_diff_deg,
+    axis_angle_deg,
+    centreline,
+    densify,
+    frame_for,
+    line_wkt,
+    overlap_share,
+    parse_line,
+)
+from office.store.database import Database
+
+SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2}
+TYPE_TIE_ORDER = ("alligator", "transverse", "diagonal", "longitudinal")
+GRID_DEG = 0.001     # in-memory index cells (about 110 m x 70 m at 50 degrees latitude)
+BLOCK_DEG = 0.01     # database prefetch blocks
+MAX_CRACK_DEG = 0.01  # no crack is longer than ~1 km: bounds the index scan on min_lat
+CHUNK = 500
+
+
+@dataclass
+class CrackState:
+    """A crack while this run works on it: its observations' lines (lon/lat) and its current line."""
+
+    id: int
+    line: FloatArray | None
+    types: Counter[str] = field(default_factory=Counter)
+    # observation lines per sighting (device, track); None until loaded from the database
+    pieces: dict[tuple[str, str], list[FloatArray]] | None = None
+    segment_id: int | None = None
+    touched: bool = False
+
+    def bbox(self) -> tuple[float, float, float, float] | None:
+        if self.line is None:
+            return None
+        return (float(self.line[:, 0].min()), float(self.line[:, 1].min()), float(self.line[:, 0].max()),
+                float(self.line[:, 1].max()))
+
+    @property
+    def alligator(self) -> bool:
+        return bool(self.types) and self.types.most_common(1)[0][0] == "alligator"
+
+
+@dataclass
+class Group:
+    """The pending observations of one (device, track)."""
+
+    device_id: str
+    track_id: str
+    obs_ids: list[int] = field(default_factory=list)
+    pieces: list[FloatArray] = field(default_factory=list)
+    types: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class MergeResult:
+    observations: int = 0
+    created: int = 0
+    absorbed: int = 0
+    touched: set[int] = field(default_factory=set)
+    old_segments: set[int] = field(default_factory=set)
+
+
+def _cells(bbox: tuple[float, float, float, float], size: float) -> Iterable[tuple[int, int]]:
+    x0, y0, x1, y1 = bbox
+    for i in range(math.floor(x0 / size), math.floor(x1 / size) + 1):
+        for j in range(math.floor(y0 / size), math.floor(y1 / size) + 1):
+            yield i, j
+
+
+def _expand(bbox: tuple[float, float, float, float], metres: float) -> tuple[float, float, float, float]:
+    dlat = metres / 111_000.0
+    dlon = metres / (111_000.0 * max(0.05, math.cos(math.radians((bbox[1] + bbox[3]) / 2))))
+    return bbox[0] - dlon, bbox[1] - dlat, bbox[2] + dlon, bbox[3] + dlat
+
+
+def _bbox(coords: FloatArray) -> tuple[float, float, float, float]:
+    return float(coords[:, 0].min()), float(coords[:, 1].min()), float(coords[:, 0].max()), float(coords[:, 1].max())
+
+
+def all_pieces(pieces: dict[tuple[str, str], list[FloatArray]] | None) -> list[FloatArray]:
+    return [p for key in sorted(pieces or {}) for p in (pieces or {})[key]]
+
+
+def merged_line(pieces: Sequence[FloatArray], cfg: InventoryConfig) -> tuple[FloatArray, float] | None:
+    """The centreline (lon/lat) of several observation lines and its length in metres."""
+    if not pieces:
+        return None
+    frame = frame_for(float(pieces[0][0, 0]), float(pieces[0][0, 1]))
+    xy = np.vstack([densify(frame.to_xy(p), cfg.centreline_bin_m / 2) for p in pieces])
+    line = centreline(xy, cfg.centreline_bin_m)
+    length = float(np.sum(np.hypot(*np.diff(line, axis=0).T))) if len(line) > 1 else 0.0
+    return frame.to_lonlat(line), length
+
+
+class Merger:
+    """One incremental merge pass over pending observations (inside the caller's transaction)."""
+
+    def __init__(self, conn: Connection, db: Database, cfg: InventoryConfig, now: datetime):
+        self.conn, self.db, self.t, self.cfg, self.now = conn, db, db.t, cfg, now
+        self.states: dict[int, CrackState] = {}
+        self.grid: dict[tuple[int, int], set[int]] = {}
+        self.blocks: set[tuple[int, int]] = set()
+        self.absorbed_into: dict[int, int] = {}
+        self.result = MergeResult()
+
+    # -- index of cracks near the work ------------------------------------------------------
+    def _index(self, state: CrackState) -> None:
+        box = state.bbox()
+        if box is not None:
+            for cell in _cells(box, GRID_DEG):
+                self.grid.setdefault(cell, set()).add(state.id)
+
+    def _unindex(self, state: CrackState) -> None:
+        box = state.bbox()
+        if box is not None:
+            for cell in _cells(box, GRID_DEG):
+                self.grid.get(cell, set()).discard(state.id)
+
+    def _prefetch(self, bbox: tuple[float, float, float, float]) -> None:
+        """Load the cracks of every database block the box touches (once per run)."""
+        c = self.t.cracks.c
+        for bx, by in _cells(bbox, BLOCK_DEG):
+            if (bx, by) in self.blocks:
+                continue
+            self.blocks.add((bx, by))
+            x0, y0 = bx * BLOCK_DEG, by * BLOCK_DEG
+            x1, y1 = x0 + BLOCK_DEG, y0 + BLOCK_DEG
+            rows = self.conn.execute(
+                select(c.id, c.geom, c.type, c.segment_id).where(
+                    c.min_lat <= y1, c.min_lat >= y0 - MAX_CRACK_DEG, c.max_lat >= y0, c.min_lon <= x1,
+                    c.max_lon >= x0)).all()
+            for cid, geom, ctype, seg in rows:
+                if cid in self.states:
+                    continue
+                st = CrackState(int(cid), parse_line(geom), Counter({ctype: 1}), segment_id=seg)
+                self.states[st.id] = st
+                self._index(st)
+
+    def _near(self, bbox: tuple[float, float, float, float]) -> list[CrackState]:
+        ids: set[int] = set()
+        for cell in _cells(bbox, GRID_DEG):
+            ids |= self.grid.get(cell, set())
+        out = []
+        for i in sorted(ids):
+            st = self.states[i]
+            b = st.bbox()
+            if b and b[0] <= bbox[2] and b[2] >= bbox[0] and b[1] <= bbox[3] and b[3] >= bbox[1]:
+                out.append(st)
+        return out
+
+    def _state(self, crack_id: int) -> CrackState:
+        """The working state of a crack, loading its observation lines when first touched."""
+        st = self.states.get(crack_id)
+        if st is None:
+            c = self.t.cracks.c
+            row = self.conn.execute(select(c.geom, c.type, c.segment_id).where(c.id == crack_id)).one()
+            st = CrackState(crack_id, parse_line(row.geom), Counter({row.type: 1}), segment_id=row.segment_id)
+            self.states[crack_id] = st
+            self._index(st)
+        if st.pieces is None:
+            o = self.t.crack_observations.c
+            rows = self.conn.execute(select(o.device_id, o.track_id, o.geom, o.type)
+                                     .where(o.crack_id == crack_id)).all()
+            st.pieces = {}
+            for r in rows:
+                line = parse_line(r.geom)
+                if line is not None:
+                    st.pieces.setdefault((r.device_id, r.track_id), []).append(line)
+            st.types = Counter(r.type for r in rows)
+        if not st.touched:
+            st.touched = True
+            if st.segment_id is not None:
+                self.result.old_segments.add(st.segment_id)
+        return st
+
+    # -- the pass -----------------------------------------------------------------------------
+    def run(self, limit: int) -> MergeResult:
+        o = self.t.crack_observations.c
+        rows = self.conn.execute(
+            select(o.id, o.device_id, o.track_id, o.type, o.geom).where(o.crack_id.is_(None))
+            .order_by(o.ts, o.id).limit(limit)).all()
+        if not rows:
+            return self.result
+        groups: dict[tuple[str, str], Group] = {}
+        for r in rows:
+            g = groups.get((r.device_id, r.track_id))
+            if g is None:
+                g = groups[(r.device_id, r.track_id)] = Group(r.device_id, r.track_id)
+            g.obs_ids.append(int(r.id))
+            g.types[r.type] += 1
+            line = parse_line(r.geom)
+            if line is not None:
+                g.pieces.append(line)
+        known = self._known_tracks(list(groups))
+        assignments: list[tuple[int, int]] = []      # (observation id, crack id)
+        new_tracks: list[tuple[str, str, int]] = []
+        for key, g in groups.items():
+            crack_id = known.get(key)
+            if crack_id is None:
+                crack_id = self._place(g)
+                new_tracks.append((g.device_id, g.track_id, crack_id))
+            else:
+                st = self._state(self._resolve(crack_id))
+                self._grow(st, g)
+            assignments += [(oid, crack_id) for oid in g.obs_ids]
+        self._write(assignments, new_tracks)
+        self.result.observations = len(rows)
+        self._finalize()
+        return self.result
+
+    def _resolve(self, crack_id: int) -> int:
+        while crack_id in self.absorbed_into:
+            crack_id = self.absorbed_into[crack_id]
+        return crack_id
+
+    def _known_tracks(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        ct = self.t.crack_tracks.c
+        out: dict[tuple[str, str], int] = {}
+        for i in range(0, len(keys), CHUNK):
+            part = keys[i:i + CHUNK]
+            for dev, trk, cid in self.conn.execute(
+                    select(ct.device_id, ct.track_id, ct.crack_id).where(tuple_(ct.device_id, ct.track_id).in_(part))):
+                out[(dev, trk)] = int(cid)
+        return out
+
+    def _grow(self, st: CrackState, g: Group) -> None:
+        self._unindex(st)
+        assert st.pieces is not None
+        st.pieces.setdefault((g.device_id, g.track_id), []).extend(g.pieces)
+        st.types += g.types
+        merged = merged_line(all_pieces(st.pieces), self.cfg)
+        st.line = merged[0] if merged else st.line
+        self._index(st)
+        self.result.touched.add(st.id)
+
+    def _similar(self, frame: LocalFrame, g_xy: FloatArray, g_alligator: bool,
+                 st: CrackState) -> tuple[float, float] | None:
+        assert st.line is not None
+        c_xy = frame.to_xy(st.line)
+        share, dist = overlap_share(g_xy, c_xy, self.cfg.tolerance_m)
+        if share < self.cfg.min_overlap:
+            return None
+        lg = float(np.sum(np.hypot(*np.diff(g_xy, axis=0).T)))
+        lc = float(np.sum(np.hypot(*np.diff(c_xy, axis=0).T)))
+        if (min(lg, lc) >= self.cfg.min_angle_length_m and not g_alligator and not st.alligator
+                and angle_diff_deg(axis_angle_deg(g_xy), axis_angle_deg(c_xy)) > self.cfg.max_angle_deg):
+            return None
+        return share, dist
+
+    def _place(self, g: Group) -> int:
+        """A track seen for the first time: join the crack it matches (merging several), or a new one."""
+        merged = merged_line(g.pieces, self.cfg)
+        if merged is None:
+            return self._create(g, None)
+        line, _ = merged
+        box = _bbox(line)
+        self._prefetch(_expand(box, self.cfg.tolerance_m + 1.0))
+        frame = frame_for(float(line[0, 0]), float(line[0, 1]))
+        g_xy = frame.to_xy(line)
+        g_alligator = g.types.most_common(1)[0][0] == "alligator"
+        scored = []
+        for st in self._near(_expand(box, self.cfg.tolerance_m)):
+            s = self._similar(frame, g_xy, g_alligator, st)
+            if s is not None:
+                scored.append((-s[0], s[1], st.id))
+        if not scored:
+            return self._create(g, line)
+        scored.sort()
+        keep = self._state(scored[0][2])
+        for _, _, other_id in scored[1:]:
+            self._absorb(keep, self._state(other_id))
+        self._grow(keep, g)
+        return keep.id
+
+    def _create(self, g: Group, line: FloatArray | None) -> int:
+        c = self.t.cracks
+        box = _bbox(line) if line is not None else None
+        crack_id = int(self.conn.execute(c.insert().returning(c.c.id), {
+            "geom": line_wkt(line) if line is not None else None,
+            "min_lon": box[0] if box else None, "min_lat": box[1] if box else None,
+            "max_lon": box[2] if box else None, "max_lat": box[3] if box else None,
+            "first_seen": self.now, "last_seen": self.now, "observations": 0, "sightings": 0, "devices": "",
+            "device_count": 0, "length_m": 0.0, "width_max_mm": 0.0, "width_median_mm": 0.0,
+            "type": g.types.most_common(1)[0][0], "severity": "low", "updated_at": self.now}).scalar_one())
+        st = CrackState(crack_id, line, Counter(g.types), pieces={(g.device_id, g.track_id): list(g.pieces)},
+                        touched=True)
+        self.states[crack_id] = st
+        self._index(st)
+        self.result.created += 1
+        self.result.touched.add(crack_id)
+        return crack_id
+
+    def _absorb(self, keep: CrackState, other: CrackState) -> None:
+        """Two cracks turned out to be one: move everything of ``other`` to ``keep``."""
+        t = self.t
+        self.conn.execute(update(t.crack_observations).where(t.crack_observations.c.crack_id == other.id)
+                          .values(crack_id=keep.id))
+        self.conn.execute(update(t.crack_tracks).where(t.crack_tracks.c.crack_id == other.id)
+                          .values(crack_id=keep.id))
+        self.conn.execute(t.cracks.delete().where(t.cracks.c.id == other.id))
+        self._unindex(other)
+        assert keep.pieces is not None and other.pieces is not None
+        for key, lines in other.pieces.items():
+            keep.pieces.setdefault(key, []).extend(lines)
+        keep.types += other.types
+        del self.states[other.id]
+        self.absorbed_into[other.id] = keep.id
+        self.result.touched.discard(other.id)
+        self.result.absorbed += 1
+        if other.segment_id is not None:
+            self.result.old_segments.add(other.segment_id)
+
+    def _write(self, assignments: list[tuple[int, int]], new_tracks: list[tuple[str, str, int]]) -> None:
+        t = self.t
+        if new_tracks:
+            self.conn.execute(t.crack_tracks.insert(), [
+                {"device_id": d, "track_id": k, "crack_id": self._resolve(c)} for d, k, c in new_tracks])
+        if assignments:
+            o = t.crack_observations
+            stmt = update(o).where(o.c.id == bindparam("oid")).values(crack_id=bindparam("cid"))
+            self.conn.execute(stmt, [{"oid": oid, "cid": self._resolve(cid)} for oid, cid in assignments])
+
+    # -- attributes -----------------------------------------------------------------------------
+    def _length(self, st: CrackState, obs: Sequence[Any]) -> float:
+        """The longest sighting: per (device, track) the longer of its own centreline and its longest
+        observation. Not the centreline of all passes together: their GNSS offsets along the crack
+        would lengthen it."""
+        return max(_sighting_lengths(st.pieces, obs, self.cfg))
+
+    def _finalize(self) -> None:
+        """Recompute every touched crack from all its observations."""
+        ids = sorted(self.result.touched)
+        o = self.t.crack_observations.c
+        rows_by: dict[int, list[Any]] = {i: [] for i in ids}
+        for i in range(0, len(ids), CHUNK):
+            part = ids[i:i + CHUNK]
+            for r in self.conn.execute(select(o.crack_id, o.device_id, o.track_id, o.ts, o.type, o.severity,
+                                              o.length_m, o.width_mean_mm, o.width_max_mm)
+                                       .where(o.crack_id.in_(part))):
+                rows_by[int(r.crack_id)].append(r)
+        updates = []
+        for cid in ids:
+            obs = rows_by[cid]
+            if not obs:
+                continue
+            st = self.states[cid]
+            merged = merged_line(all_pieces(st.pieces), self.cfg)
+            line = merged[0] if merged else None
+            box = _bbox(line) if line is not None else None
+            devices = sorted({r.device_id for r in obs})
+            types = Counter(r.type for r in obs)
+            top = max(types.values())
+            ctype = next(t for t in TYPE_TIE_ORDER if types.get(t) == top)
+            updates.append({
+                "cid": cid, "geom": line_wkt(line) if line is not None else None,
+                "min_lon": box[0] if box else None, "min_lat": box[1] if box else None,
+                "max_lon": box[2] if box else None, "max_lat": box[3] if box else None,
+                "first_seen": min(r.ts for r in obs), "last_seen": max(r.ts for r in obs),
+                "observations": len(obs), "sightings": len({(r.device_id, r.track_id) for r in obs}),
+                "devices": ",".join(devices), "device_count": len(devices),
+                "length_m": round(self._length(st, obs), 3),
+                "width_max_mm": max(r.width_max_mm for r in obs),
+                "width_median_mm": round(float(statistics.median(r.width_mean_mm for r in obs)), 2),
+                "type": ctype, "severity": max((r.severity for r in obs), key=SEVERITY_RANK.__getitem__),
+                "updated_at": self.now})
+        if updates:
+            c = self.t.cracks
+            stmt = update(c).where(c.c.id == bindparam("cid")).values(
+                {k: bindparam(k) for k in updates[0] if k != "cid"})
+            self.conn.execute(stmt, updates)
+
+
+def _sighting_lengths(pieces: dict[tuple[str, str], list[FloatArray]] | None, obs: Sequence[Any],
+                      cfg: InventoryConfig) -> list[float]:
+    longest: dict[tuple[str, str], float] = {}
+    for r in obs:
+        key = (r.device_id, r.track_id)
+        longest[key] = max(longest.get(key, 0.0), float(r.length_m))
+    for key, lines in (pieces or {}).items():
+        merged = merged_line(lines, cfg)
+        if merged is not None:
+            longest[key] = max(longest.get(key, 0.0), merged[1])
+    return list(longest.values())
+
+
+def merge_pending(conn: Connection, db: Database, cfg: InventoryConfig, now: datetime, limit: int) -> MergeResult:
+    """Merge up to ``limit`` pending observations into the inventory (caller holds the refresh lock)."""
+    return Merger(conn, db, cfg, now).run(limit)
+
+
+def crack_midpoints(conn: Connection, db: Database, ids: Iterable[int]) -> dict[int, tuple[float, float] | None]:
+    """Midpoint (lon, lat) of each crack's line, None for unplaced cracks."""
+    c = db.t.cracks.c
+    out: dict[int, tuple[float, float] | None] = {}
+    id_list = sorted(ids)
+    for i in range(0, len(id_list), CHUNK):
+        for cid, geom in conn.execute(select(c.id, c.geom).where(c.id.in_(id_list[i:i + CHUNK]))):
+            line = parse_line(geom)
+            if line is None:
+                out[int(cid)] = None
+                continue
+            frame = frame_for(float(line[0, 0]), float(line[0, 1]))
+            xy = frame.to_xy(line)
+            seg = np.hypot(*np.diff(xy, axis=0).T)
+            half = float(seg.sum()) / 2
+            cum = np.concatenate([[0.0], np.cumsum(seg)])
+            k = int(np.clip(np.searchsorted(cum, half) - 1, 0, len(seg) - 1))
+            frac = 0.0 if seg[k] == 0 else (half - cum[k]) / seg[k]
+            mid = xy[k] + frac * (xy[k + 1] - xy[k])
+            lon, lat = frame.to_lonlat(mid)[0]
+            out[int(cid)] = (float(lon), float(lat))
+    return out
+
+
+def unsegmented_cracks_in(conn: Connection, db: Database, bbox: tuple[float, float, float, float]) -> set[int]:
+    """Placed cracks with no segment inside ``bbox`` (new segments may now cover them)."""
+    c = db.t.cracks.c
+    x0, y0, x1, y1 = bbox
+    return {int(r[0]) for r in conn.execute(select(c.id).where(and_(
+        c.segment_id.is_(None), c.min_lat <= y1, c.min_lat >= y0 - MAX_CRACK_DEG, c.max_lat >= y0,
+        c.min_lon <= x1, c.max_lon >= x0)))}
