@@ -14,7 +14,7 @@ import pytest
 
 from edge_agent.video.synthetic import write_image_folder
 from tests.agent_run import DEVICE, agent, write_config
-from tests.test_updates_store import (
+from tests.bundles import (
     SERVICE_HW,
     build_archive,
     flip_byte,

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import tarfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.bundle import (
     BundleError,
@@ -24,6 +21,7 @@ from edge_agent.bundle import (
 )
 from edge_agent.bundle.manifest import version_key
 from edge_agent.contract import InferenceContract
+from tests.bundles import make_keys, tar_archive
 from tests.tiny_models import export_onnx, tiny_torch_model
 
 SIZE = (64, 96)
@@ -35,12 +33,9 @@ def onnx_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def keys():
-    key = Ed25519PrivateKey.generate()
-    from cryptography.hazmat.primitives import serialization
-
-    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return key, pem
+def keys(tmp_path_factory):
+    key, public = make_keys(tmp_path_factory.mktemp("keys"))
+    return key, public.read_bytes()
 
 
 def make_bundle(root: Path, onnx_file: Path, signer=None, version: str = "1.0.0") -> Path:
@@ -129,7 +124,7 @@ def test_changed_manifest_byte_is_refused_signed_or_not(tmp_path, onnx_file, key
 
 def test_wrong_key_and_unsigned_when_required_are_refused(tmp_path, onnx_file, keys):
     key, pub = keys
-    other = Ed25519PrivateKey.generate()
+    other, _ = make_keys(tmp_path / "other")
     forged = make_bundle(tmp_path / "f", onnx_file, other.sign)
     with pytest.raises(BundleError, match="manifest.sig: signature does not match"):
         load_bundle(forged, public_key=pub)
@@ -164,22 +159,13 @@ def test_truncated_and_corrupt_archives_are_refused(tmp_path, onnx_file):
 
 def test_path_traversal_and_links_in_archives_are_refused(tmp_path, onnx_file):
     root = make_bundle(tmp_path / "b", onnx_file)
-    evil = tmp_path / "evil.tar.gz"
-    with tarfile.open(evil, "w:gz") as tf:
-        for name in ("manifest.json", "manifest.sha256", "m-fp32.onnx"):
-            tf.add(root / name, arcname=name)
-        info = tarfile.TarInfo("../escaped.txt")
-        payload = b"owned"
-        info.size = len(payload)
-        tf.addfile(info, io.BytesIO(payload))
+    evil = tar_archive(tmp_path / "evil.tar.gz", {**{name: root / name for name in
+                                                     ("manifest.json", "manifest.sha256", "m-fp32.onnx")},
+                                                  "../escaped.txt": b"owned"})
     with pytest.raises(BundleError, match=r"'\.\./escaped\.txt'.*unsafe"):
         load_bundle(evil, cache_dir=tmp_path / "cache")
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "cache" / "escaped.txt").exists()
-    linked = tmp_path / "link.tar"
-    with tarfile.open(linked, "w") as tf:
-        info = tarfile.TarInfo("manifest.json")
-        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
-        tf.addfile(info)
+    linked = tar_archive(tmp_path / "link.tar", {}, symlinks={"manifest.json": "/etc/passwd"})
     with pytest.raises(BundleError, match="links"):
         load_bundle(linked, cache_dir=tmp_path / "cache")
     absolute = tmp_path / "abs.zip"

@@ -23,7 +23,7 @@ from edge_agent.config.sections import ModelConfig
 from edge_agent.config.updates import UpdatesConfig
 from edge_agent.updates.manager import Settings, UpdateManager, model_loader
 from edge_agent.updates.store import KILL_ENV
-from tests.test_updates_store import build_archive, make_keys, sha256_of, tiny_onnx
+from tests.bundles import build_archive, make_keys, sha256_of, tiny_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 

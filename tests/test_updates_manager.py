@@ -25,7 +25,7 @@ from edge_agent.updates.audit import AuditLog
 from edge_agent.updates.commands import UpdateCommands
 from edge_agent.updates.manager import Settings, UpdateManager, model_loader
 from edge_agent.updates.watch import ServiceWatch, WatchRules
-from tests.test_updates_store import (
+from tests.bundles import (
     SERVICE_HW,
     build_archive,
     flip_byte,
