@@ -61,9 +61,8 @@ def torch_segmenter(module, contract: InferenceContract, threads: int | None = N
 
     be = TorchBackend(module, contract, threads)
     info = ModelInfo(name="torch", version="source", backend="torch", precision="fp32", path="<torch>",
-                     strategy="tile" if be.contract.input_size else "pad", input_size=be.contract.input_size,
-                     threshold=contract.threshold)
-    return Segmenter(be, info)
+                     strategy="tile" if be.contract.input_size else "pad", input_size=be.contract.input_size)
+    return Segmenter(be, info, threshold=contract.threshold)
 
 
 @dataclass

@@ -91,13 +91,28 @@ class Bundle:
         candidates.sort(key=lambda a: 0 if a.precision == "int8" else 1)
         return candidates[0]
 
+    def entries_for(self, backend: str, precision: str | None = None) -> list[ArtifactEntry]:
+        """One artifact per input size for a backend (int8 preferred per size, unless ``precision`` is given)."""
+        chosen: dict[tuple[int, int], ArtifactEntry] = {}
+        for size in dict.fromkeys(tuple(a.input_size) for a in self.manifest.artifacts if a.format == backend):
+            try:
+                chosen[size] = self.entry_for(backend, precision, size)
+            except BundleError:
+                continue
+        if not chosen:
+            self.entry_for(backend, precision)  # raises with the list of what the bundle has
+        return list(chosen.values())
+
     def artifact_for(self, backend: str, precision: str | None = None,
                      input_size: tuple[int, int] | None = None) -> Path:
         return self.root / self.entry_for(backend, precision, input_size).file
 
     def contract_for(self, entry: ArtifactEntry) -> InferenceContract:
-        """The bundle contract with this artifact's own layout and input size."""
-        return self.contract.model_copy(update={"layout": entry.layout, "input_size": tuple(entry.input_size)})
+        """The bundle contract with this artifact's own layout, input size and input type."""
+        update: dict = {"layout": entry.layout, "input_size": tuple(entry.input_size)}
+        if entry.input_dtype is not None:
+            update["input_dtype"] = entry.input_dtype
+        return self.contract.model_copy(update=update)
 
     def selftest_data(self) -> tuple[np.ndarray, np.ndarray]:
         """(reference image as BGR uint8, expected probabilities float32 HxW)."""

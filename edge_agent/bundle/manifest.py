@@ -65,6 +65,7 @@ class ArtifactEntry(FileEntry):
     precision: Literal["fp32", "int8"]
     input_size: tuple[int, int]
     layout: Literal["NCHW", "NHWC"]
+    input_dtype: Literal["float32", "uint8"] | None = None  # None: the bundle contract's
 
     @field_validator("file")
     @classmethod

@@ -1,14 +1,17 @@
-"""The one preprocessing implementation, driven by the model's inference contract.
+"""Frames in, model inputs out (and model outputs back), driven by the artifact's inference contract.
 
-Frames are never shrunk: cracks are 1-10 px wide and would vanish. Two strategies, chosen
-by the artifact:
-- *pad*: the artifact accepts any size that is a multiple of ``stride`` -> the frame is
-  reflect-padded up to the next multiple and the output is cropped back;
-- *tile*: the artifact has a fixed input size (INT8 models are exported at a fixed shape
-  because dynamic shapes made them slower) -> the frame is covered by overlapping tiles of
-  that size, each inferred at native resolution, and the outputs are blended with weights
-  that fall off towards interior tile edges (no seams). A frame smaller than one tile is
-  reflect-padded into a single tile.
+Frames are never shrunk to fit a model: cracks are 1-10 px wide and would vanish. A frame
+reaches an artifact in one of three ways (chosen per frame size in ``plan.py``):
+- *full*: an artifact of (about) the frame's own size takes the whole frame, reflect-padded
+  up to its input size when needed;
+- *pad*: an artifact with dynamic height/width takes the frame padded to the stride;
+- *tile*: overlapping tiles of the artifact's size cover the frame; the outputs are blended
+  with weights that fall off towards interior tile edges (no seams).
+
+What one patch costs: a uint8 artifact (normalisation inside its graph) takes the patch as
+it is (a view for a whole frame, one copy for a tile or a padded frame); a float artifact
+gets one normalising pass into a buffer that is reused from frame to frame, plus the
+transpose to NCHW when the artifact wants it.
 """
 
 from __future__ import annotations
@@ -43,80 +46,134 @@ def plan_tiles(height: int, width: int, tile_h: int, tile_w: int, overlap: int =
             for y in _positions(height, tile_h, overlap) for x in _positions(width, tile_w, overlap)]
 
 
-def _ramp(length: int, valid: int, ramp: int, fade_start: bool, fade_end: bool) -> np.ndarray:
+def _ramp(length: int, ramp: int, fade_start: bool, fade_end: bool) -> np.ndarray:
     w = np.ones(length, dtype=np.float32)
-    r = min(ramp, max(1, valid // 4))
-    ramp_vals = (np.arange(r, dtype=np.float32) + 1.0) / (r + 1.0)
+    r = min(ramp, max(1, length // 4))
+    values = (np.arange(r, dtype=np.float32) + 1.0) / (r + 1.0)
     if fade_start:
-        w[:r] = ramp_vals
+        w[:r] = values
     if fade_end:
-        w[valid - r:valid] = ramp_vals[::-1]
+        w[length - r:] = values[::-1]
     return w
 
 
-class Preprocessor:
-    """Turns a BGR uint8 frame into model inputs and model outputs back into a probability map."""
+def blend_weights(tiles: list[Tile], frame_h: int, frame_w: int, overlap: int) -> list[np.ndarray]:
+    """Per tile, weights (h x w of its valid region) that sum to 1 over the frame.
+
+    Each tile fades only at edges it shares with another tile; dividing by the summed weights
+    here, once per frame size, saves the per-frame division.
+    """
+    ramp = max(1, overlap // 2)
+    raw = [np.outer(_ramp(t.h, ramp, t.y > 0, t.y + t.h < frame_h), _ramp(t.w, ramp, t.x > 0, t.x + t.w < frame_w))
+           for t in tiles]
+    total = np.zeros((frame_h, frame_w), dtype=np.float32)
+    for t, w in zip(tiles, raw):
+        total[t.y:t.y + t.h, t.x:t.x + t.w] += w
+    inv = 1.0 / np.maximum(total, 1e-6)
+    return [np.ascontiguousarray(w * inv[t.y:t.y + t.h, t.x:t.x + t.w]) for t, w in zip(tiles, raw)]
+
+
+def pad_to(patch: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``patch`` reflect-padded at the bottom/right up to ``height`` x ``width`` (one copy)."""
+    h, w = patch.shape[:2]
+    if h == height and w == width:
+        return patch
+    if h > 1 and w > 1:
+        # reflection needs a pad smaller than the patch: repeat until it fits (tiny patches only)
+        while patch.shape[0] < height or patch.shape[1] < width:
+            ph = min(height - patch.shape[0], patch.shape[0] - 1)
+            pw = min(width - patch.shape[1], patch.shape[1] - 1)
+            patch = cv2.copyMakeBorder(patch, 0, max(ph, 0), 0, max(pw, 0), cv2.BORDER_REFLECT_101)
+        return patch
+    return cv2.copyMakeBorder(patch, 0, height - h, 0, width - w, cv2.BORDER_REPLICATE)
+
+
+class InputAdapter:
+    """Turns BGR uint8 patches into one artifact's input and its output into probabilities."""
+
+    def __init__(self, contract: InferenceContract):
+        self.contract = contract
+        self.uint8 = contract.input_dtype == "uint8"
+        self.nchw = contract.layout == "NCHW"
+        order = [2, 1, 0] if contract.color_order == "RGB" else [0, 1, 2]
+        # (pixel - mean) / std with the channels still in BGR order: the reorder happens in the
+        # transpose (NCHW) or as one fancy-index (NHWC), never as an extra pass over the pixels.
+        inv = np.argsort(order)
+        self._mean_bgr = np.asarray(contract.mean, dtype=np.float32)[inv]
+        self._inv_std_bgr = (1.0 / np.asarray(contract.std, dtype=np.float32))[inv]
+        self._order = np.asarray(order)
+        self._reorder = order != [0, 1, 2]
+        self._buffers: dict[tuple[int, int], tuple[np.ndarray, np.ndarray | None]] = {}
+
+    def normalize(self, patch_bgr: np.ndarray) -> np.ndarray:
+        """HxWx3 uint8 BGR -> float32 HxWx3 in the contract's colour order, (x - mean) / std (a new array)."""
+        out = (patch_bgr.astype(np.float32) - self._mean_bgr) * self._inv_std_bgr
+        return out[..., self._order] if self._reorder else out
+
+    def prepare(self, patch_bgr: np.ndarray) -> np.ndarray:
+        """The batch-1 input for one patch that already has the artifact's size."""
+        if self.uint8:
+            return np.ascontiguousarray(patch_bgr)[None]
+        h, w = patch_bgr.shape[:2]
+        hwc, chw = self._buffers.get((h, w), (None, None))
+        if hwc is None:
+            hwc = np.empty((h, w, 3), dtype=np.float32)
+            chw = np.empty((1, 3, h, w), dtype=np.float32) if self.nchw else None
+            self._buffers[(h, w)] = (hwc, chw)
+        np.subtract(patch_bgr, self._mean_bgr, out=hwc, dtype=np.float32)
+        np.multiply(hwc, self._inv_std_bgr, out=hwc)
+        if self.nchw:
+            assert chw is not None
+            for dst, src in enumerate(self._order):
+                chw[0, dst] = hwc[:, :, src]
+            return chw
+        return (hwc[..., self._order] if self._reorder else hwc)[None]
+
+    def to_layout(self, normalized_hwc: np.ndarray) -> np.ndarray:
+        """Add the batch axis in the artifact's layout (for calibration data readers)."""
+        if self.nchw:
+            return np.ascontiguousarray(normalized_hwc.transpose(2, 0, 1)[None])
+        return np.ascontiguousarray(normalized_hwc[None])
+
+    def probabilities(self, raw: np.ndarray, height: int, width: int) -> np.ndarray:
+        """Model output (1x1xHxW, 1xHxWx1 or HxW) -> float32 probabilities, cropped to ``height`` x ``width``."""
+        out = np.asarray(raw)
+        # the output's own layout (a uint8 NHWC graph may still end in an NCHW map): a trailing
+        # axis of 1 is the channel of an NHWC map; padded inputs are never 1 px wide
+        hw = out.shape[-3:-1] if out.ndim >= 3 and out.shape[-1] == 1 else out.shape[-2:]
+        out = out.reshape(hw)[:height, :width]
+        if self.contract.output == "logits":
+            clipped = np.clip(out, -30.0, 30.0).astype(np.float32, copy=False)
+            return 1.0 / (1.0 + np.exp(-clipped))
+        return out.astype(np.float32, copy=False)
+
+
+class Preprocessor(InputAdapter):
+    """The runtime's own preprocessing of one artifact, for tools that need the exact model input
+    of a frame (calibration data readers): the artifact's strategy, padding and tiles."""
 
     def __init__(self, contract: InferenceContract, tile_overlap: int = 32):
-        self.contract = contract
+        super().__init__(contract)
         self.tile_overlap = tile_overlap
-        order = [2, 1, 0] if contract.color_order == "RGB" else [0, 1, 2]
-        self._channel_order = np.array(order)
-        self._mean = np.asarray(contract.mean, dtype=np.float32)
-        self._inv_std = 1.0 / np.asarray(contract.std, dtype=np.float32)
 
     @property
     def strategy(self) -> str:
         return "tile" if self.contract.input_size else "pad"
 
-    def normalize(self, patch_bgr: np.ndarray) -> np.ndarray:
-        """HxWx3 uint8 BGR -> float32 HxWx3 in the contract's colour order, (x - mean) / std."""
-        img = patch_bgr[..., self._channel_order] if self.contract.color_order == "RGB" else patch_bgr
-        return (img.astype(np.float32) - self._mean) * self._inv_std
-
-    def to_layout(self, normalized_hwc: np.ndarray) -> np.ndarray:
-        """Add the batch axis in the artifact's layout."""
-        if self.contract.layout == "NCHW":
-            return np.ascontiguousarray(normalized_hwc.transpose(2, 0, 1)[None])
-        return np.ascontiguousarray(normalized_hwc[None])
-
-    def to_probabilities(self, raw: np.ndarray) -> np.ndarray:
-        """Model output (any of 1x1xHxW, 1xHxWx1, HxW) -> float32 HxW probabilities."""
-        out = np.asarray(raw, dtype=np.float32).reshape(raw.shape[-2:] if self.contract.layout == "NCHW"
-                                                        else raw.shape[-3:-1])
-        if self.contract.output == "logits":
-            out = 1.0 / (1.0 + np.exp(-np.clip(out, -30.0, 30.0)))
-        return out
-
-    # -- strategies -------------------------------------------------------------------
     def pad_frame(self, frame: np.ndarray) -> np.ndarray:
         s = self.contract.stride
         h, w = frame.shape[:2]
-        ph, pw = (-h) % s, (-w) % s
-        if ph or pw:
-            mode = cv2.BORDER_REFLECT_101 if h > 1 and w > 1 else cv2.BORDER_REPLICATE
-            frame = cv2.copyMakeBorder(frame, 0, ph, 0, pw, mode)
-        return frame
+        return pad_to(frame, h + (-h) % s, w + (-w) % s)
 
     def tiles(self, frame: np.ndarray) -> list[Tile]:
-        th, tw = self.contract.input_size  # type: ignore[misc]
+        th, tw = self._size()
         return plan_tiles(frame.shape[0], frame.shape[1], th, tw, self.tile_overlap)
 
     def tile_patch(self, frame: np.ndarray, tile: Tile) -> np.ndarray:
-        th, tw = self.contract.input_size  # type: ignore[misc]
-        patch = frame[tile.y:tile.y + tile.h, tile.x:tile.x + tile.w]
-        if tile.h < th or tile.w < tw:
-            mode = cv2.BORDER_REFLECT_101 if tile.h > 1 and tile.w > 1 else cv2.BORDER_REPLICATE
-            # reflect padding needs the pad to be smaller than the patch: repeat until it fits
-            while patch.shape[0] < th or patch.shape[1] < tw:
-                ph = min(th - patch.shape[0], patch.shape[0] - 1) if mode == cv2.BORDER_REFLECT_101 else th - patch.shape[0]
-                pw = min(tw - patch.shape[1], patch.shape[1] - 1) if mode == cv2.BORDER_REFLECT_101 else tw - patch.shape[1]
-                patch = cv2.copyMakeBorder(patch, 0, max(ph, 0), 0, max(pw, 0), mode)
-        return patch
+        th, tw = self._size()
+        return pad_to(frame[tile.y:tile.y + tile.h, tile.x:tile.x + tile.w], th, tw)
 
-    def tile_weights(self, tile: Tile, frame_h: int, frame_w: int) -> np.ndarray:
-        """Blend weights (h x w of the valid region): fade only at edges shared with another tile."""
-        ramp = max(1, self.tile_overlap // 2)
-        wy = _ramp(tile.h, tile.h, ramp, tile.y > 0, tile.y + tile.h < frame_h)
-        wx = _ramp(tile.w, tile.w, ramp, tile.x > 0, tile.x + tile.w < frame_w)
-        return np.outer(wy, wx)
+    def _size(self) -> tuple[int, int]:
+        if self.contract.input_size is None:
+            raise ValueError("a dynamic-size artifact is padded, not tiled")
+        return self.contract.input_size

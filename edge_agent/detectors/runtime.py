@@ -2,11 +2,19 @@
 
 ``open_model`` is the single entry point the CLI, the agent, the converter's validation and
 the benchmarks use, so every path measures and ships the same preprocessing.
+
+A bundle may hold one artifact per input size (e.g. 320x480 and 720x1280): the segmenter keeps
+them all, opens an artifact's runtime session only when a frame size first needs it, and
+decides per frame size (``plan.py``) whether a frame runs whole on a fitting artifact or as
+tiles. Frames from a camera whose ground resolution differs from the model's are resampled
+to the model's on the way in and back on the way out.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,13 +22,16 @@ import cv2
 import numpy as np
 
 from edge_agent.contract import InferenceContract
+from edge_agent.detectors.backends.base import InferenceBackend
 from edge_agent.detectors.errors import ModelError
-from edge_agent.detectors.preprocess import Preprocessor
+from edge_agent.detectors.plan import FramePlan, choose_plan, gsd_scale
+from edge_agent.detectors.preprocess import InputAdapter, pad_to
 from edge_agent.errors import UserError
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 REFERENCE_BUNDLE = ASSETS_DIR / "models" / "reference"
 BUNDLE_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+BACKENDS = ("onnx", "tflite")
 
 
 class FrameError(UserError, ValueError):
@@ -29,7 +40,11 @@ class FrameError(UserError, ValueError):
 
 @dataclass
 class ModelInfo:
-    """What is running: reported in health, status and ``/model/info``."""
+    """What is running: reported in health, status and ``/model/info``.
+
+    The decision threshold is not here: it can change while running and lives in one place,
+    ``Segmenter.threshold``.
+    """
 
     name: str
     version: str
@@ -38,19 +53,54 @@ class ModelInfo:
     path: str
     strategy: str
     input_size: tuple[int, int] | None
-    threshold: float
     providers: list[str] = field(default_factory=list)
     manifest: dict | None = None
+    input_sizes: list[tuple[int, int] | None] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
         d.pop("manifest")
         d["input_size"] = list(self.input_size) if self.input_size else None
+        d["input_sizes"] = [list(s) if s else None for s in self.input_sizes]
         return d
 
 
-def _is_bundle(path: Path) -> bool:
-    return path.is_dir() or any(path.name.endswith(s) for s in BUNDLE_ARCHIVE_SUFFIXES)
+class Artifact:
+    """One model file of a segmenter: its input size and contract, its session opened on first use."""
+
+    def __init__(self, path: Path, input_size: tuple[int, int] | None, open_backend: Callable[[], InferenceBackend],
+                 backend: InferenceBackend | None = None):
+        self.path = path
+        self.input_size = input_size
+        self._open = open_backend
+        self._backend = backend
+        self._adapter = InputAdapter(backend.contract) if backend is not None else None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def loaded(cls, backend: InferenceBackend, path: Path | str = "<in memory>") -> Artifact:
+        return cls(Path(path), backend.contract.input_size, lambda: backend, backend)
+
+    @property
+    def backend(self) -> InferenceBackend:
+        if self._backend is None:
+            with self._lock:
+                if self._backend is None:
+                    be = self._open()
+                    self._adapter = InputAdapter(be.contract)
+                    self._backend = be
+        return self._backend
+
+    @property
+    def adapter(self) -> InputAdapter:
+        if self._adapter is None:
+            _ = self.backend
+        assert self._adapter is not None
+        return self._adapter
+
+    @property
+    def is_open(self) -> bool:
+        return self._backend is not None
 
 
 def as_bgr_frame(frame: np.ndarray) -> np.ndarray:
@@ -73,112 +123,185 @@ def as_bgr_frame(frame: np.ndarray) -> np.ndarray:
 class Segmenter:
     """Frame in (BGR uint8, any size), crack probability map or mask out (same size)."""
 
-    def __init__(self, backend, info: ModelInfo, tile_overlap: int = 32):
-        self.backend = backend
-        self.contract: InferenceContract = backend.contract
-        self.pre = Preprocessor(self.contract, tile_overlap=tile_overlap)
+    def __init__(self, backend: InferenceBackend | Sequence[Artifact], info: ModelInfo, *,
+                 threshold: float | None = None, tile_overlap: int = 32,
+                 frame_gsd_mm_per_px: tuple[float, float] | None = None):
+        self.artifacts: list[Artifact] = list(backend) if isinstance(backend, Sequence) else [Artifact.loaded(backend)]
+        if not self.artifacts:
+            raise ModelError("a segmenter needs at least one model artifact")
         self.info = info
-        self.threshold = info.threshold
+        self.tile_overlap = tile_overlap
+        primary = self.artifacts[0].backend
+        self.contract: InferenceContract = primary.contract
+        self.threshold = float(threshold if threshold is not None else self.contract.threshold)
+        if not 0.0 < self.threshold < 1.0:
+            raise ModelError(f"threshold {self.threshold} must be between 0 and 1")
+        self.frame_gsd = frame_gsd_mm_per_px
+        self._scale = gsd_scale(frame_gsd_mm_per_px, self.contract.gsd_mm_per_px)
+        self._plans: dict[tuple[int, int], FramePlan] = {}
         self.last_inference_ms = 0.0
+        self.last_plan: FramePlan | None = None
+
+    @property
+    def backend(self) -> InferenceBackend:
+        """The first artifact's backend (the one whose contract the segmenter reports)."""
+        return self.artifacts[0].backend
 
     @property
     def backend_name(self) -> str:
         return self.backend.name
 
-    def probabilities(self, frame: np.ndarray) -> np.ndarray:
-        frame = as_bgr_frame(frame)
-        t0 = time.perf_counter()
-        if self.pre.strategy == "pad":
-            h, w = frame.shape[:2]
-            padded = self.pre.pad_frame(frame)
-            raw = self.backend.run(self.pre.to_layout(self.pre.normalize(padded)))
-            prob = self.pre.to_probabilities(raw)[:h, :w]
-        else:
-            prob = self._tiled(frame)
-        self.last_inference_ms = (time.perf_counter() - t0) * 1000.0
-        return prob
+    def plan_for(self, height: int, width: int) -> FramePlan:
+        """How frames of this size are segmented (computed once per size)."""
+        key = (height, width)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = choose_plan(key, [a.input_size for a in self.artifacts], self.contract.stride, self._scale,
+                               self.tile_overlap)
+            self._plans[key] = plan
+        return plan
 
-    def _tiled(self, frame: np.ndarray) -> np.ndarray:
+    def only(self, index: int) -> Segmenter:
+        """A segmenter over artifact ``index`` alone, without resampling (the selftest of one file)."""
+        art = self.artifacts[index]
+        info = ModelInfo(**{**self.info.__dict__, "path": str(art.path), "input_size": art.input_size,
+                            "input_sizes": [art.input_size],
+                            "strategy": "tile" if art.input_size else "pad"})
+        return Segmenter([art], info, threshold=self.threshold, tile_overlap=self.tile_overlap)
+
+    def probabilities(self, frame: np.ndarray) -> np.ndarray:
+        """float32 HxW crack probabilities for a BGR (or grey/BGRA) uint8 frame."""
+        frame = as_bgr_frame(frame)
         h, w = frame.shape[:2]
-        tiles = self.pre.tiles(frame)
-        if len(tiles) == 1:
-            t = tiles[0]
-            raw = self.backend.run(self.pre.to_layout(self.pre.normalize(self.pre.tile_patch(frame, t))))
-            return np.ascontiguousarray(self.pre.to_probabilities(raw)[:h, :w])
-        acc = np.zeros((h, w), dtype=np.float32)
-        weight = np.zeros((h, w), dtype=np.float32)
-        for t in tiles:
-            raw = self.backend.run(self.pre.to_layout(self.pre.normalize(self.pre.tile_patch(frame, t))))
-            prob = self.pre.to_probabilities(raw)[:t.h, :t.w]
-            wgt = self.pre.tile_weights(t, h, w)
-            acc[t.y:t.y + t.h, t.x:t.x + t.w] += prob * wgt
-            weight[t.y:t.y + t.h, t.x:t.x + t.w] += wgt
-        return acc / np.maximum(weight, 1e-6)
+        plan = self.plan_for(h, w)
+        t0 = time.perf_counter()
+        wh, ww = plan.work_size
+        work = frame
+        if plan.resampled:
+            shrink = wh * ww < h * w
+            work = cv2.resize(frame, (ww, wh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        art = self.artifacts[plan.artifact]
+        backend, adapter = art.backend, art.adapter
+        ih, iw = plan.input_size
+        if plan.strategy == "tile":
+            prob = np.zeros((wh, ww), dtype=np.float32)
+            for t, weight in zip(plan.tiles, plan.weights):
+                patch = pad_to(work[t.y:t.y + t.h, t.x:t.x + t.w], ih, iw)
+                tile_prob = adapter.probabilities(backend.run(adapter.prepare(patch)), t.h, t.w)
+                prob[t.y:t.y + t.h, t.x:t.x + t.w] += tile_prob * weight
+        else:
+            prob = adapter.probabilities(backend.run(adapter.prepare(pad_to(work, ih, iw))), wh, ww)
+        if plan.resampled:
+            prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
+        self.last_inference_ms = (time.perf_counter() - t0) * 1000.0
+        self.last_plan = plan
+        return prob if prob.flags.c_contiguous else np.ascontiguousarray(prob)
 
     def segment(self, frame: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Boolean crack mask at the frame's size."""
         return self.probabilities(frame) >= (self.threshold if threshold is None else threshold)
 
 
-def _backend_for_file(path: Path, backend: str | None, contract: InferenceContract | None, threads: int | None,
-                      providers: list[str] | None):
-    kind = backend or ("tflite" if path.suffix.lower() == ".tflite" else "onnx" if path.suffix.lower() == ".onnx"
-                       else None)
+# -- opening ---------------------------------------------------------------------------------
+def _is_bundle(path: Path) -> bool:
+    return path.is_dir() or any(path.name.endswith(s) for s in BUNDLE_ARCHIVE_SUFFIXES)
+
+
+def _kind_of(path: Path, backend: str | None) -> str:
+    suffix = path.suffix.lower()
+    kind = backend or {".tflite": "tflite", ".onnx": "onnx"}.get(suffix)
+    if kind is None:
+        raise ModelError(f"{path}: unknown model format '{path.suffix}'; expected .onnx, .tflite or a bundle "
+                         "(directory with manifest.json, or .tar.gz/.zip archive)")
+    if f".{kind}" != suffix:
+        raise ModelError(f"{path}: backend {kind} needs a .{kind} file")
+    return kind
+
+
+def open_backend(path: Path, backend: str | None = None, contract: InferenceContract | None = None,
+                 threads: int | None = None, providers: list[str] | None = None) -> InferenceBackend:
+    """A runtime session for one .onnx or .tflite file."""
+    kind = _kind_of(path, backend)
     if kind == "onnx":
-        if path.suffix.lower() != ".onnx":
-            raise ModelError(f"{path}: backend onnx needs an .onnx file")
         from edge_agent.detectors.backends.onnx import OnnxBackend
 
         return OnnxBackend(path, contract=contract, threads=threads, providers=providers)
-    if kind == "tflite":
-        if path.suffix.lower() != ".tflite":
-            raise ModelError(f"{path}: backend tflite needs a .tflite file")
-        from edge_agent.detectors.backends.tflite import TFLiteBackend
+    from edge_agent.detectors.backends.tflite import TFLiteBackend
 
-        return TFLiteBackend(path, contract=contract, threads=threads)
-    raise ModelError(f"{path}: unknown model format '{path.suffix}'; expected .onnx, .tflite or a bundle "
-                     "(directory with manifest.json, or .tar.gz/.zip archive)")
+    return TFLiteBackend(path, contract=contract, threads=threads)
+
+
+def _as_gsd(value: float | tuple[float, float] | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        return float(value[0]), float(value[1])
+    return float(value), float(value)
 
 
 def open_model(path: str | Path | None = None, backend: str | None = None, threads: int | None = None,
                providers: list[str] | None = None, public_key: str | Path | bytes | None = None,
                require_signature: bool = False, precision: str | None = None,
-               threshold: float | None = None) -> Segmenter:
+               threshold: float | None = None,
+               gsd_mm_per_px: float | tuple[float, float] | None = None) -> Segmenter:
     """Load a model for inference.
 
     ``path`` is an .onnx or .tflite file (contract from its metadata), a bundle directory or
     archive (verified: hashes, and the signature when ``public_key`` is given), or None for
-    the shipped reference bundle. ``backend`` picks onnx or tflite inside a bundle.
+    the shipped reference bundle. ``backend`` picks onnx or tflite inside a bundle (default
+    onnx), ``precision`` fp32 or int8 (default: int8 where the bundle has it).
+    ``gsd_mm_per_px`` is the camera's ground resolution, (x, y) or one number: frames are
+    resampled to the model's own (the contract's ``gsd_mm_per_px``) when they differ.
     """
     path = Path(path) if path is not None else REFERENCE_BUNDLE
     if not path.exists():
         raise ModelError(f"model not found: {path}" + (" (the shipped reference bundle is missing: reinstall "
                                                        "crackseg-edge)" if path == REFERENCE_BUNDLE else ""))
-    if backend is not None and backend not in ("onnx", "tflite"):
+    if backend is not None and backend not in BACKENDS:
         raise ModelError(f"unknown backend '{backend}': use onnx or tflite")
-    manifest = None
-    name, version = path.stem, "unversioned"
     if _is_bundle(path):
-        from edge_agent.bundle import BundleError, load_bundle
-
-        try:
-            bundle = load_bundle(path, public_key=public_key, require_signature=require_signature)
-            artifact = bundle.artifact_for(backend or "onnx", precision)
-        except BundleError as exc:
-            raise ModelError(str(exc)) from exc
-        contract = bundle.contract
-        be = _backend_for_file(Path(artifact), backend or Path(artifact).suffix.lstrip(".") or None,
-                               contract, threads, providers)
-        manifest = bundle.manifest.model_dump(mode="json")
-        name, version = bundle.name, bundle.version
-        model_path = Path(artifact)
-    else:
-        be = _backend_for_file(path, backend, None, threads, providers)
-        model_path = path
-    info = ModelInfo(name=name, version=version, backend=be.name, precision=be.precision, path=str(model_path),
+        return _open_bundle(path, backend, threads, providers, public_key, require_signature, precision, threshold,
+                            _as_gsd(gsd_mm_per_px))
+    be = open_backend(path, backend, None, threads, providers)
+    info = ModelInfo(name=path.stem, version="unversioned", backend=be.name, precision=be.precision, path=str(path),
                      strategy="tile" if be.contract.input_size else "pad", input_size=be.contract.input_size,
-                     threshold=threshold if threshold is not None else be.contract.threshold,
-                     providers=list(getattr(be, "providers", [])), manifest=manifest)
-    if not 0.0 < info.threshold < 1.0:
-        raise ModelError(f"threshold {info.threshold} must be between 0 and 1")
-    return Segmenter(be, info)
+                     providers=list(getattr(be, "providers", [])), input_sizes=[be.contract.input_size])
+    return Segmenter([Artifact(path, be.contract.input_size, lambda: be, be)], info, threshold=threshold,
+                     frame_gsd_mm_per_px=_as_gsd(gsd_mm_per_px))
+
+
+def _open_bundle(path: Path, backend: str | None, threads: int | None, providers: list[str] | None,
+                 public_key: str | Path | bytes | None, require_signature: bool, precision: str | None,
+                 threshold: float | None, frame_gsd: tuple[float, float] | None) -> Segmenter:
+    from edge_agent.bundle import BundleError, load_bundle
+
+    kind = backend or "onnx"
+    try:
+        bundle = load_bundle(path, public_key=public_key, require_signature=require_signature)
+        entries = bundle.entries_for(kind, precision)
+    except BundleError as exc:
+        raise ModelError(str(exc)) from exc
+    # largest first: the first artifact's contract is the one reported, and the large one is
+    # what a camera frame usually runs on
+    entries.sort(key=lambda e: -(e.input_size[0] * e.input_size[1]))
+    artifacts = []
+    # A bundle whose own contract has no input size holds dynamic-size artifacts: the entry's
+    # size is only the one it was exported and tested at.
+    dynamic = bundle.contract.input_size is None
+    for entry in entries:
+        file, contract = bundle.root / entry.file, bundle.contract_for(entry)
+        if dynamic:
+            contract = contract.model_copy(update={"input_size": None})
+
+        def opener(file: Path = file, contract: InferenceContract = contract) -> InferenceBackend:
+            return open_backend(file, kind, contract, threads, providers)
+
+        size = None if dynamic else (int(entry.input_size[0]), int(entry.input_size[1]))
+        artifacts.append(Artifact(file, size, opener))
+    first = artifacts[0].backend  # fail now, not at the first frame, when the runtime is missing
+    info = ModelInfo(name=bundle.name, version=bundle.version, backend=first.name, precision=first.precision,
+                     path=str(artifacts[0].path), strategy="tile" if len(artifacts) == 1 else "multi",
+                     input_size=artifacts[0].input_size, providers=list(getattr(first, "providers", [])),
+                     manifest=bundle.manifest.model_dump(mode="json"),
+                     input_sizes=[a.input_size for a in artifacts])
+    return Segmenter(artifacts, info, threshold=threshold, frame_gsd_mm_per_px=frame_gsd)

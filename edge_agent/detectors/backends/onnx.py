@@ -71,6 +71,12 @@ class OnnxBackend:
             contract = InferenceContract.from_json(text)
         shape = inputs[0].shape
         updates: dict = {}
+        self.input_dtype = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32}.get(inputs[0].type)
+        if self.input_dtype is None:
+            raise ModelError(f"{path}: input type {inputs[0].type} is not supported (uint8 pixels or float32)")
+        graph_dtype = "uint8" if self.input_dtype is np.uint8 else "float32"
+        if graph_dtype != contract.input_dtype:
+            updates["input_dtype"] = graph_dtype  # the graph is the truth about what it takes
         actual_layout = layout_from_shape(shape)
         if actual_layout and actual_layout != contract.layout:
             updates["layout"] = actual_layout
@@ -81,7 +87,9 @@ class OnnxBackend:
         self.precision = onnx_precision(path)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch.astype(np.float32, copy=False)})[0]
+        if batch.dtype != self.input_dtype:
+            batch = batch.astype(self.input_dtype)
+        return self.session.run(None, {self.input_name: batch})[0]
 
 
 def onnx_precision(path: Path) -> str:

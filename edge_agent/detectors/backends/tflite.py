@@ -70,14 +70,27 @@ class TFLiteBackend:
         self._in_scale, self._in_zero = self._in["quantization"]
         self._out_scale, self._out_zero = self._out["quantization"]
         self.precision = "int8" if np.issubdtype(self._in_dtype, np.integer) else "fp32"
+        self._pixels_as_int8 = bool(self._in_dtype == np.int8 and self._in_scale == 1.0 and self._in_zero == -128)
         if self.precision == "int8" and not self._in_scale:
             raise ModelError(f"{path}: integer input tensor without quantization parameters")
 
+    def _quantize(self, batch: np.ndarray) -> np.ndarray:
+        """Float (or uint8 pixel) input -> the integer input tensor, with the tensor's own parameters.
+
+        uint8 pixels into an int8 tensor with scale 1 and zero point -128 (what full-integer
+        quantization gives a graph whose input range is 0..255) is exact as one XOR 0x80.
+        """
+        if batch.dtype == np.uint8 and self._in_dtype == np.int8 and self._pixels_as_int8:
+            return (batch ^ np.uint8(0x80)).view(np.int8)
+        if batch.dtype == self._in_dtype and batch.dtype == np.uint8 and self._in_scale == 1.0 and self._in_zero == 0:
+            return batch
+        info = np.iinfo(self._in_dtype)
+        q = np.round(batch.astype(np.float32) / self._in_scale + self._in_zero)
+        return np.clip(q, info.min, info.max).astype(self._in_dtype)
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         if np.issubdtype(self._in_dtype, np.integer):
-            info = np.iinfo(self._in_dtype)
-            q = np.round(batch / self._in_scale + self._in_zero)
-            batch = np.clip(q, info.min, info.max).astype(self._in_dtype)
+            batch = self._quantize(batch)
         else:
             batch = batch.astype(self._in_dtype, copy=False)
         self.interpreter.set_tensor(self._in["index"], batch)

@@ -1,0 +1,140 @@
+"""Which artifact runs which frame, how tiles blend, resampling to the model's ground resolution,
+and uint8 graphs that normalise inside themselves: on real exported tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.contract import InferenceContract
+from edge_agent.detectors import open_model
+from edge_agent.detectors.plan import choose_plan, gsd_scale
+from edge_agent.detectors.preprocess import blend_weights, plan_tiles
+from tests.tiny_models import export_onnx, tiny_torch_model
+
+
+def frame(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# -- plans ------------------------------------------------------------------------------------
+def test_a_fitting_artifact_runs_the_whole_frame_and_others_tile():
+    sizes = [(720, 1280), (320, 480)]
+    assert choose_plan((720, 1280), sizes, 16).strategy == "full"
+    assert choose_plan((720, 1280), sizes, 16).artifact == 0
+    small = choose_plan((320, 480), sizes, 16)
+    assert (small.strategy, small.artifact) == ("full", 1)
+    big = choose_plan((1080, 1920), sizes, 16)
+    assert big.strategy == "tile" and big.input_size == (720, 1280) and len(big.tiles) == 4
+    odd = choose_plan((360, 360), sizes, 16)  # a small photo: two 320x480 tiles, not one mostly-padded 720p
+    assert odd.strategy == "tile" and odd.input_size == (320, 480) and len(odd.tiles) == 2
+    assert choose_plan((700, 1270), sizes, 16).strategy == "full"  # padded to the stride it fits
+    assert choose_plan((300, 500), [None, (320, 480)], 16).strategy == "pad"
+
+
+def test_blend_weights_sum_to_one_everywhere():
+    h, w = 300, 700
+    tiles = plan_tiles(h, w, 128, 256, overlap=32)
+    total = np.zeros((h, w), np.float32)
+    for t, wgt in zip(tiles, blend_weights(tiles, h, w, 32)):
+        total[t.y:t.y + t.h, t.x:t.x + t.w] += wgt
+    np.testing.assert_allclose(total, 1.0, atol=1e-5)
+
+
+def test_gsd_scale_brings_frames_to_the_model_resolution():
+    assert gsd_scale((0.8, 0.8), 1.6) == (0.5, 0.5)
+    assert gsd_scale((1.6, 3.2), 1.6) == (2.0, 1.0)
+    assert gsd_scale(None, 1.6) is None and gsd_scale((1.0, 1.0), None) is None
+    plan = choose_plan((720, 1280), [(360, 640)], 16, scale=(0.5, 0.5))
+    assert plan.work_size == (360, 640) and plan.strategy == "full" and plan.resampled
+    assert not choose_plan((720, 1280), [(720, 1280)], 16, scale=(1.03, 0.98)).resampled  # within 5 %
+
+
+# -- real models ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("plans")
+    model = tiny_torch_model(seed=5)
+    return {"torch": model, "dir": d, "dynamic": export_onnx(model, d / "dynamic.onnx", None)}
+
+
+def export_uint8_onnx(model, path: Path, size: tuple[int, int], gsd: float | None = None) -> Path:
+    """The tiny network behind a uint8 NHWC BGR input that normalises inside the graph."""
+    import onnx
+    import torch
+
+    from edge_agent.contract import CONTRACT_METADATA_KEY, IMAGENET_MEAN, IMAGENET_STD
+
+    class Pixels(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+            self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+        def forward(self, x):
+            rgb = x.permute(0, 3, 1, 2)[:, [2, 1, 0]].float()
+            return torch.sigmoid(self.net((rgb - self.mean) / self.std))
+
+    h, w = size
+    torch.onnx.export(Pixels(model).eval(), torch.zeros(1, h, w, 3, dtype=torch.uint8), str(path),
+                      input_names=["image"], output_names=["prob"], opset_version=17, dynamo=False)
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key = CONTRACT_METADATA_KEY
+    entry.value = InferenceContract(input_size=size, layout="NHWC", color_order="RGB", input_dtype="uint8",
+                                    output="probabilities", gsd_mm_per_px=gsd).to_json()
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_uint8_graph_equals_float_graph_with_runtime_normalisation(tiny):
+    u8 = open_model(export_uint8_onnx(tiny["torch"], tiny["dir"] / "u8.onnx", (64, 96)))
+    assert u8.contract.input_dtype == "uint8" and u8.contract.layout == "NHWC"
+    f = frame(64, 96, seed=2)
+    np.testing.assert_allclose(u8.probabilities(f), open_model(tiny["dynamic"]).probabilities(f), atol=1e-4)
+
+
+def test_resampling_runs_the_model_at_its_own_ground_resolution(tiny):
+    import cv2
+
+    path = export_uint8_onnx(tiny["torch"], tiny["dir"] / "u8-gsd.onnx", (64, 96), gsd=1.6)
+    fine_camera = open_model(path, gsd_mm_per_px=0.8)  # cracks twice as wide in pixels as the model knows
+    f = frame(128, 192, seed=3)
+    prob = fine_camera.probabilities(f)
+    plan = fine_camera.last_plan
+    assert plan is not None and plan.work_size == (64, 96) and plan.strategy == "full"
+    assert prob.shape == (128, 192)
+    expected = cv2.resize(open_model(path).probabilities(cv2.resize(f, (96, 64), interpolation=cv2.INTER_AREA)),
+                          (192, 128), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(prob, expected, atol=1e-5)
+    same = open_model(path, gsd_mm_per_px=1.6)
+    same.probabilities(frame(64, 96))
+    assert same.last_plan is not None and not same.last_plan.resampled
+
+
+def test_bundle_with_two_sizes_opens_only_what_frames_need(tiny, tmp_path):
+    from edge_agent.bundle.manifest import Manifest, SourceInfo
+    from edge_agent.bundle.pack import artifact_entry, write_manifest
+
+    root = tmp_path / "bundle"
+    root.mkdir()
+    for size in [(64, 96), (128, 192)]:
+        export_uint8_onnx(tiny["torch"], root / f"m-{size[0]}x{size[1]}.onnx", size)
+    contract = InferenceContract(layout="NHWC", input_dtype="uint8", output="probabilities", input_size=(128, 192))
+    manifest = Manifest(name="two", version="1.0.0", source=SourceInfo(checkpoint="x", checkpoint_sha256="0" * 64,
+                                                                       kind="test"),
+                        contract=contract,
+                        artifacts=[artifact_entry(root, f"m-{h}x{w}.onnx", "onnx", "fp32", (h, w), "NHWC")
+                                   for h, w in [(64, 96), (128, 192)]])
+    write_manifest(root, manifest)
+    seg = open_model(root)
+    assert [a.input_size for a in seg.artifacts] == [(128, 192), (64, 96)]
+    assert seg.info.input_sizes == [(128, 192), (64, 96)]
+    seg.probabilities(frame(128, 192))
+    assert seg.last_plan is not None and seg.last_plan.strategy == "full" and seg.last_plan.artifact == 0
+    assert not seg.artifacts[1].is_open  # never needed, never loaded
+    small = seg.probabilities(frame(60, 90, seed=4))
+    assert seg.last_plan.artifact == 1 and seg.artifacts[1].is_open and small.shape == (60, 90)
