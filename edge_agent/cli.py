@@ -206,11 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--frames", type=int, default=60)
     d.set_defaults(func=cmd_demo)
 
-    m = sub.add_parser("model", help="manage installed models: list, activate VERSION, rollback")
-    m.add_argument("action", choices=["list", "activate", "rollback"])
-    m.add_argument("version", nargs="?")
+    m = sub.add_parser("model", help="manage installed models: list, install BUNDLE, activate VERSION, rollback")
+    m.add_argument("action", choices=["list", "install", "activate", "rollback"])
+    m.add_argument("version", nargs="?", help="activate: a VERSION or folder name; install: a bundle archive or folder")
     m.add_argument("--state-dir", required=False)
     m.add_argument("--config")
+    m.add_argument("--public-key", help="ed25519 public key bundles must be signed with (instead of the config's)")
     m.set_defaults(func=cmd_model)
     return p
 

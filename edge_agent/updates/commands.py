@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edge_agent.comms.base import Command, CommandError
 from edge_agent.updates.chunks import TransferError
 from edge_agent.updates.download import check_sha256
-from edge_agent.updates.state import Job
+from edge_agent.updates.state import Job, Stage
 from edge_agent.updates.store import UpdateError
 
 if TYPE_CHECKING:
@@ -162,3 +163,33 @@ def register_commands(manager: UpdateManager, registry: Any) -> UpdateCommands:
     commands = UpdateCommands(manager)
     commands.register(registry)
     return commands
+
+
+DISABLED_NOTE = "over-the-air updates are off on this device (updates.enabled: false)"
+
+
+def register_disabled_commands(registry: Any, running_model: Callable[[], Mapping[str, Any]] | None = None) -> None:
+    """The ``model-*`` commands of an agent whose updates are off.
+
+    Why register anything: the office asks every vehicle ``model-status`` to see what it
+    runs; "unknown command" reads like a broken or outdated agent. So ``model-status``
+    answers with stage ``disabled`` and the running model, and the commands that would change
+    the model say why they cannot.
+    """
+
+    def status(cmd: Command) -> dict:
+        running = None
+        if running_model is not None:
+            try:
+                running = dict(running_model())
+            except Exception as exc:  # a status answer must not fail because the model info did
+                running = {"error": f"{type(exc).__name__}: {exc}"}
+        return {"stage": Stage.DISABLED.value, "enabled": False, "running": running, "note": DISABLED_NOTE}
+
+    def refuse(cmd: Command) -> dict:
+        raise CommandError(f"{cmd.name} refused: {DISABLED_NOTE}; enable updates in the device config "
+                           "(docs/updates.md) or install a model by hand: crackseg-edge model install BUNDLE")
+
+    registry.register("model-status", status)
+    for name in ("model-update", "model-chunk", "model-chunk-abort", "model-rollback"):
+        registry.register(name, refuse)

@@ -22,7 +22,6 @@ that was being watched, ``commands.py`` turns ``model-*`` commands into calls he
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -272,7 +271,7 @@ class UpdateManager:
 
     def _fail(self, job: Job, reason: str, installed: Path | None) -> dict:
         if installed is not None:
-            self._remove_unused(installed)
+            self.store.remove_unused(installed)
         self.downloads.discard(job.sha256)
         self.audit_log.write("model-update", "failed", job.origin, update_id=job.update_id,
                              source=job.describe(), version=job.version, reason=reason)
@@ -283,12 +282,6 @@ class UpdateManager:
         event = self._emit(stage, job, **fields)
         self.state.record_result(event)
         return event
-
-    def _remove_unused(self, folder: Path) -> None:
-        with self.store.lock():
-            keep = {p.name for p in (self.store.active(), self.store.previous()) if p is not None}
-            if folder.name not in keep:
-                shutil.rmtree(folder, ignore_errors=True)
 
     # -- in service ------------------------------------------------------------------------
     def observe(self, snapshot: dict) -> WatchDecision:

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -224,8 +225,9 @@ class ModelStore:
                 try:
                     bundle = load_bundle(source, self.public_key, self.require_signature,
                                          cache_dir=work / "unpack", max_bytes=max_bytes)
-                except BundleError as exc:
-                    raise StoreError(str(exc)) from None
+                except BundleError as exc:  # name the file inside the archive, not a folder deleted below
+                    unpacked = re.escape(str(work / "unpack")) + r"/[^/]+/"
+                    raise StoreError(re.sub(unpacked, f"{source.name}: ", str(exc))) from None
                 kill_point("unpacked")
                 staging = work / "bundle"
                 names = [MANIFEST_NAME, CHECKSUM_NAME] + [e.file for e in bundle.manifest.files()]
@@ -325,6 +327,12 @@ class ModelStore:
         remove_link(self.root / PENDING)
 
     # -- housekeeping ----------------------------------------------------------------------
+    def remove_unused(self, folder: Path) -> None:
+        """Delete an installed folder that failed a later check, unless a link names it."""
+        with self.lock():
+            if folder.name not in {p.name for p in (self.active(), self.previous()) if p is not None}:
+                shutil.rmtree(self.root / folder.name, ignore_errors=True)
+
     def cleanup_temp(self) -> list[str]:
         """Remove what an interrupted install or switch left (``.tmp-*`` folders, temp links)."""
         removed: list[str] = []
