@@ -104,30 +104,51 @@ class Skeleton:
         return self.coords() + np.asarray(self.offset, dtype=np.int64)
 
 
+def _code_kernel() -> np.ndarray:
+    """3x3 correlation kernel whose response is the 8-bit neighbourhood code (bit i = ``_DIRS[i]``)."""
+    kernel = np.zeros((3, 3), dtype=np.float32)
+    for bit, (dy, dx) in enumerate(_DIRS):
+        kernel[1 + dy, 1 + dx] = float(1 << bit)
+    return kernel
+
+
+_CODE_KERNEL = _code_kernel()
+_DELETE_FIRST = _LUT_FIRST.astype(np.uint8)
+_DELETE_SECOND = _LUT_SECOND.astype(np.uint8)
+
+
 def skeletonize(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> Skeleton:
     """Thin a binary mask to a one-pixel-wide 8-connected skeleton (Guo-Hall).
 
-    Each subiteration gathers the 8 neighbours of every remaining crack pixel, looks the
-    8-bit neighbourhood code up in the deletion table and removes the hits, until a full pass
-    removes nothing. Components and holes are preserved. (Restricting the work to boundary
-    pixels was measured slower: the bookkeeping costs more than the gathers it saves.)
+    Each subiteration computes every pixel's 8-bit neighbourhood code with one 3x3
+    correlation, looks it up in the deletion table (``cv2.LUT``) and removes the hits, until a
+    full pass removes nothing: the table-driven algorithm above, pixel for pixel, but each
+    step is one OpenCV call over the crop instead of eight numpy gathers per crack pixel.
+    Components and holes are preserved.
     """
-    padded = np.pad(np.asarray(mask, dtype=bool), 1).astype(np.uint8)
-    flat = padded.ravel()
-    offsets = _offsets(padded.shape[1])
-    idx = np.flatnonzero(flat)
-    while idx.size:
+    img = np.pad(np.asarray(mask, dtype=bool), 1).astype(np.uint8)
+    while True:
         removed = 0
-        for lut in (_LUT_FIRST, _LUT_SECOND):
-            delete = lut[_codes(flat, idx, offsets)]
-            n = int(np.count_nonzero(delete))
+        for table in (_DELETE_FIRST, _DELETE_SECOND):
+            code = cv2.filter2D(img, cv2.CV_8U, _CODE_KERNEL, borderType=cv2.BORDER_CONSTANT)
+            delete = cv2.LUT(code, table)
+            np.bitwise_and(delete, img, out=delete)
+            n = cv2.countNonZero(delete)
             if n:
-                flat[idx[delete]] = 0
-                idx = idx[~delete]
+                np.subtract(img, delete, out=img)
                 removed += n
         if not removed:
             break
-    return Skeleton(padded=padded, idx=idx, offset=offset)
+    return Skeleton(padded=img, idx=np.flatnonzero(img.ravel()), offset=offset)
+
+
+_NEIGHBOURS = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]], dtype=np.float32)
+_RING = np.ones((3, 3), dtype=np.uint8)
+
+
+def _degree_image(img: np.ndarray) -> np.ndarray:
+    """Number of 8-neighbours of every pixel (one 3x3 correlation)."""
+    return cv2.filter2D(img, cv2.CV_8U, _NEIGHBOURS, borderType=cv2.BORDER_CONSTANT)
 
 
 def prune_spurs(skel: Skeleton, max_len: int) -> Skeleton:
@@ -137,42 +158,35 @@ def prune_spurs(skel: Skeleton, max_len: int) -> Skeleton:
     End pixels are peeled ``max_len`` times, then the surviving ends grow back over the peeled
     pixels as far as they were peeled, so the crack keeps its full length while spurs hanging
     off junctions stay removed. A skeleton that would vanish entirely is returned unchanged.
+    Each pass is a few OpenCV calls over the crop (degree by correlation, growth by dilation).
     """
     if max_len <= 0 or skel.size < 3:
         return skel
-    padded = skel.padded.copy()
-    flat = padded.ravel()
-    offsets = skel.offsets
-    cur = skel.idx
-    layers: list[np.ndarray] = []
+    img = skel.padded.copy()
+    peeled = np.zeros_like(img)
+    passes = 0
     for _ in range(max_len):
-        deg = sum(flat[cur + o].astype(np.int32) for o in offsets)
-        ends = cur[deg <= 1]
-        if not ends.size:
+        ends = ((_degree_image(img) <= 1) & (img > 0)).view(np.uint8)
+        n = cv2.countNonZero(ends)
+        if not n:
             break
-        if ends.size == cur.size:  # nothing but ends left: the whole thing is a short piece
+        if n == cv2.countNonZero(img):  # nothing but ends left: the whole thing is a short piece
             return skel
-        flat[ends] = 0
-        layers.append(ends)
-        cur = cur[deg > 1]
-    if not layers:
+        np.subtract(img, ends, out=img)
+        np.bitwise_or(peeled, ends, out=peeled)
+        passes += 1
+    if not passes:
         return skel
-    peeled = np.zeros_like(flat)
-    for layer in layers:
-        peeled[layer] = 1
-    deg = sum(flat[cur + o].astype(np.int32) for o in offsets)
-    front = cur[deg <= 1]
-    for _ in range(len(layers)):
-        if not front.size:
+    front = ((_degree_image(img) <= 1) & (img > 0)).view(np.uint8)
+    for _ in range(passes):
+        grown = cv2.dilate(front, _RING)
+        np.bitwise_and(grown, peeled, out=grown)
+        if not cv2.countNonZero(grown):
             break
-        near = (front[:, None] + offsets[None, :]).ravel()
-        near = np.unique(near[peeled[near] == 1])
-        if not near.size:
-            break
-        flat[near] = 1
-        peeled[near] = 0
-        front = near
-    return Skeleton(padded=padded, idx=skel.idx[flat[skel.idx] == 1], offset=skel.offset)
+        np.bitwise_or(img, grown, out=img)
+        np.subtract(peeled, grown, out=peeled)
+        front = grown
+    return Skeleton(padded=img, idx=skel.idx[img.ravel()[skel.idx] == 1], offset=skel.offset)
 
 
 def skeleton_contours(skel: Skeleton) -> list[np.ndarray]:
