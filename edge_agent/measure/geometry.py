@@ -61,14 +61,6 @@ def _offsets(width: int) -> np.ndarray:
     return np.array([dy * width + dx for dy, dx in _DIRS], dtype=np.int64)
 
 
-def _codes(flat: np.ndarray, idx: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """8-bit neighbourhood code of each pixel in ``idx`` (bit i = neighbour ``_DIRS[i]``)."""
-    code = flat[idx + offsets[0]].copy()
-    for bit in range(1, 8):
-        code |= flat[idx + offsets[bit]] << bit
-    return code
-
-
 @dataclass
 class Skeleton:
     """A thinned crack inside its padded crop.
