@@ -41,6 +41,8 @@ class CommandRegistry:
     the audit record see only that verified id as the origin.
     """
 
+    audits_refusals = True  # unreadable payloads are passed in (with parse_error) to be refused and audited here
+
     def __init__(self, verify: Callable[[Command], str | None] | None = None,
                  audit: Callable[[dict], None] | None = None):
         self.handlers: dict[str, Handler] = {}
@@ -57,6 +59,8 @@ class CommandRegistry:
         outcome: dict[str, Any] = {"event": "command", "command": cmd.name, "request_id": cmd.request_id,
                                    "origin": cmd.origin}
         try:
+            if cmd.parse_error:
+                raise CommandError(f"{cmd.parse_error}; nothing was done")
             handler = self.handlers.get(cmd.name)
             if handler is None:
                 raise CommandError(f"unknown command '{cmd.name}'; known: {', '.join(self.names())}")

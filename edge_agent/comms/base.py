@@ -38,6 +38,7 @@ class Command:
     correlation_data: bytes | None = None
     raw: bytes = b""
     verified_key_id: str | None = None  # set only after a signature check passed; never from the payload
+    parse_error: str | None = None  # why the payload could not be read as a JSON object (then args is empty)
 
     @property
     def origin(self) -> str:

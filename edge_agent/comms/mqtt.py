@@ -15,7 +15,6 @@ Threads and why:
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import ssl
@@ -36,11 +35,11 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edge_agent.comms import envelope, topics
 from edge_agent.comms.base import (
     Command,
-    CommandError,
     CommandHandler,
     CommsStats,
     Communicator,
 )
+from edge_agent.comms.commands import CommandDispatcher
 from edge_agent.comms.envelope import EnvelopeError
 from edge_agent.comms.outbox import Outbox, OutboxEntry
 from edge_agent.comms.topics import TopicError, Topics
@@ -94,8 +93,7 @@ class MqttCommunicator(Communicator):
         self._wake = threading.Event()
         self._announce_online = threading.Event()
         self._acks: queue.SimpleQueue[tuple[int, str | None]] = queue.SimpleQueue()
-        self._commands: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
-        self._handler: CommandHandler | None = None
+        self._dispatcher = CommandDispatcher(self._respond)
         self._inflight: dict[int, OutboxEntry] = {}  # mid -> row; touched by the sender thread only
         self._cursor = 0  # highest row id handed to paho
         self._connected = False
@@ -181,10 +179,10 @@ class MqttCommunicator(Communicator):
         self._started = True
         self._link_state = "connecting"
         self._set_will()
-        self._threads = [threading.Thread(target=self._sender_loop, name="mqtt-outbox", daemon=True),
-                         threading.Thread(target=self._command_loop, name="mqtt-commands", daemon=True)]
+        self._threads = [threading.Thread(target=self._sender_loop, name="mqtt-outbox", daemon=True)]
         for t in self._threads:
             t.start()
+        self._dispatcher.start()
         kwargs: dict[str, Any] = {"clean_start": True} if self.v5 else {}
         self._client.connect_async(self.config.host, self.config.port, self.config.keepalive, **kwargs)
         self._client.loop_start()
@@ -210,7 +208,7 @@ class MqttCommunicator(Communicator):
         self._client.disconnect()
         self._client.loop_stop()
         self._wake.set()
-        self._commands.put(None)
+        self._dispatcher.stop()
         for t in self._threads:
             t.join(timeout=10.0)
         left = len(self.outbox)
@@ -298,7 +296,8 @@ class MqttCommunicator(Communicator):
             return
         self._count("commands")
         corr = getattr(msg.properties, "CorrelationData", None) if msg.properties is not None else None
-        self._commands.put(Command(name=name, args={}, topic=msg.topic, correlation_data=corr, raw=bytes(msg.payload)))
+        self._dispatcher.submit(Command(name=name, args={}, topic=msg.topic, correlation_data=corr,
+                                        raw=bytes(msg.payload)))
 
     # -- publishing ----------------------------------------------------------------------
     def _properties(self, content_type: str | None, expiry_s: int | None,
@@ -454,43 +453,10 @@ class MqttCommunicator(Communicator):
 
     # -- commands ------------------------------------------------------------------------
     def subscribe_commands(self, handler: CommandHandler) -> None:
-        self._handler = handler
+        self._dispatcher.handler = handler
 
-    def _command_loop(self) -> None:
-        while True:
-            cmd = self._commands.get()
-            if cmd is None:
-                return
-            try:
-                self._run_command(cmd)
-            except Exception:
-                log.exception("MQTT: failed to answer command %s", cmd.name)
-
-    def _run_command(self, cmd: Command) -> None:
-        response: dict[str, Any] = {"command": cmd.name, "request_id": None}
-        try:
-            args = json.loads(cmd.raw) if cmd.raw.strip() else {}
-        except (ValueError, UnicodeDecodeError):
-            args = None
-        if not isinstance(args, dict):
-            response.update(ok=False, error="command payload must be a JSON object (or empty)")
-        else:
-            rid = args.get("request_id", args.get("id", args.get("msg_id")))
-            response["request_id"] = rid if rid is None or isinstance(rid, (str, int)) else str(rid)
-            full = Command(name=cmd.name, args=args, topic=cmd.topic, request_id=response["request_id"],
-                           correlation_data=cmd.correlation_data, raw=cmd.raw)
-            handler = self._handler
-            if handler is None:
-                response.update(ok=False, error="this agent accepts no commands")
-            else:
-                try:
-                    result = handler(full)
-                    response.update(ok=True, result=dict(result) if result is not None else {})
-                except CommandError as exc:
-                    response.update(ok=False, error=str(exc))
-                except Exception as exc:
-                    log.exception("MQTT: command %s failed", cmd.name)
-                    response.update(ok=False, error=f"internal error: {type(exc).__name__}: {exc}")
+    def _respond(self, cmd: Command, response: dict[str, Any]) -> None:
+        """Answer one command on cmd/response (skipped, and counted, while offline)."""
         if not self._connected or self._stopping:
             self._count("skipped_offline")
             return
@@ -498,7 +464,7 @@ class MqttCommunicator(Communicator):
             self._publish_now(topics.CMD_RESPONSE, response, qos=1, retain=False,
                               correlation_data=cmd.correlation_data)
         except EnvelopeError as exc:
-            self._publish_now(topics.CMD_RESPONSE, {"command": cmd.name, "request_id": response["request_id"],
+            self._publish_now(topics.CMD_RESPONSE, {"command": cmd.name, "request_id": response.get("request_id"),
                                                     "ok": False, "error": f"result is not JSON: {exc}"},
                               qos=1, retain=False, correlation_data=cmd.correlation_data)
 

@@ -23,65 +23,32 @@ counters are carried over when they can still be read, so the office sees the lo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_agent.comms.outbox_db import (
+    UnusableDatabase,
+    bump,
+    counter,
+    open_database,
+    payload_checksum,
+    row_problem,
+    salvage,
+    set_counter,
+    take_file_lock,
+    transaction,
+)
 from edge_agent.errors import UserError
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not Linux; the lock is advisory anyway
-    fcntl = None  # type: ignore[assignment]
-
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 2
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    stream TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    msg_id TEXT,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL,
-    retain INTEGER NOT NULL,
-    props TEXT,
-    created REAL NOT NULL,
-    size INTEGER NOT NULL,
-    checksum TEXT
-);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS quarantine (
-    id INTEGER PRIMARY KEY,
-    stream TEXT,
-    seq INTEGER,
-    msg_id TEXT,
-    payload BLOB,
-    reason TEXT NOT NULL,
-    quarantined REAL NOT NULL
-);
-"""
-
-
-_MESSAGE_COLUMNS = frozenset({"id", "stream", "seq", "msg_id", "topic", "payload", "qos", "retain", "props", "created",
-                              "size", "checksum"})
-
-
-def payload_checksum(payload: bytes) -> str:
-    """What each row stores to prove its payload is the one the agent wrote."""
-    return hashlib.sha256(payload).hexdigest()
-
 
 class OutboxError(UserError, RuntimeError):
     """The outbox file cannot be used; the message names the file and what to do."""
@@ -152,32 +119,35 @@ class Outbox:
     # -- opening -------------------------------------------------------------------------
     def _take_file_lock(self) -> int | None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            return take_file_lock(self.path)
+        except BlockingIOError:
+            raise OutboxError(f"outbox {self.path} is in use by another process; run one agent per outbox "
+                              "(stop the other one or give this one its own state_dir)") from None
         except OSError as exc:
             raise OutboxError(f"outbox {self.path}: cannot create its folder or lock file ({exc.strerror}); "
                               "check state_dir and its permissions") from None
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                raise OutboxError(f"outbox {self.path} is in use by another process; run one agent per outbox "
-                                  "(stop the other one or give this one its own state_dir)") from None
-        return fd
 
     def _release_file_lock(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing drops the flock
             self._lock_fd = None
 
+    def _open(self) -> sqlite3.Connection:
+        try:
+            return open_database(self.path)
+        except ValueError as exc:
+            raise OutboxError(f"outbox {self.path}: {exc}") from None
+
+    def _transaction(self, db: sqlite3.Connection | None = None):  # noqa: ANN202 - a context manager
+        return transaction(db if db is not None else self._conn)
+
     def _open_or_recover(self) -> sqlite3.Connection:
         """Open the outbox; a file that is not a usable database is moved aside and replaced."""
         try:
             return self._open()
-        except _UnusableDatabase as exc:
+        except UnusableDatabase as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
-            held, counters = _salvage(self.path)
+            held, counters = salvage(self.path)
             for suffix in ("", "-wal", "-shm"):
                 src = Path(f"{self.path}{suffix}")
                 if src.exists():
@@ -189,68 +159,11 @@ class Outbox:
             with self._transaction(db):
                 for name, value in counters.items():
                     if name.startswith("seq:") or name in ("dropped", "corrupt"):
-                        _set_counter(db, name, value)
-                _bump(db, "lost_files")
+                        set_counter(db, name, value)
+                bump(db, "lost_files")
                 if held:
-                    _bump(db, "dropped", held)
+                    bump(db, "dropped", held)
             return db
-
-    def _open(self) -> sqlite3.Connection:
-        db = None
-        try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise OutboxError(f"outbox {self.path}: the filesystem does not support SQLite WAL mode (got "
-                                  f"'{mode}'); put state_dir on a local disk")
-            db.execute("PRAGMA synchronous=FULL")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise OutboxError(f"outbox {self.path} was written by a newer agent (schema {version}); upgrade "
-                                  "the agent or move the file aside")
-            db.executescript(_SCHEMA)
-            if version == 1:
-                self._migrate_v1(db)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
-            missing = _MESSAGE_COLUMNS - columns
-            if missing:
-                raise sqlite3.DatabaseError(f"table 'messages' lacks column(s) {', '.join(sorted(missing))}")
-            db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
-        except sqlite3.DatabaseError as exc:
-            if db is not None:
-                db.close()
-            raise _UnusableDatabase(str(exc)) from None
-        except BaseException:
-            if db is not None:
-                db.close()
-            raise
-        return db
-
-    def _migrate_v1(self, db: sqlite3.Connection) -> None:
-        """Schema 1 had no checksum column: add it and vouch for the rows as they are now."""
-        columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
-        with self._transaction(db):
-            if "checksum" not in columns:
-                db.execute("ALTER TABLE messages ADD COLUMN checksum TEXT")
-            rows = db.execute("SELECT id, payload FROM messages WHERE checksum IS NULL").fetchall()
-            db.executemany("UPDATE messages SET checksum=? WHERE id=?",
-                           [(payload_checksum(bytes(p)), i) for i, p in rows])
-
-    @contextmanager
-    def _transaction(self, db: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any exception (then re-raised).
-
-        IMMEDIATE takes the write lock at the start, so two writers never deadlock on upgrade.
-        """
-        conn = db if db is not None else self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     def close(self) -> None:
         """Checkpoint and close; the file stays a valid outbox for the next start."""
@@ -279,12 +192,12 @@ class Outbox:
     def next_seq(self, stream: str) -> int:
         """Allocate (and persist) the next ``seq`` of a stream whose messages are not queued."""
         with self._lock, self._transaction() as db:
-            return _bump(db, f"seq:{stream}")
+            return bump(db, f"seq:{stream}")
 
     def last_seq(self, stream: str) -> int:
         """The last ``seq`` allocated on a stream (0 if none)."""
         with self._lock:
-            return _counter(self._conn, f"seq:{stream}")
+            return counter(self._conn, f"seq:{stream}")
 
     # -- queue ---------------------------------------------------------------------------
     def add(self, stream: str, topic: str, build: Callable[[int], bytes], *, qos: int = 1, retain: bool = False,
@@ -298,11 +211,11 @@ class Outbox:
             now = self._clock()
             try:
                 with self._transaction() as db:
-                    seq = _bump(db, f"seq:{stream}")
+                    seq = bump(db, f"seq:{stream}")
                     payload = bytes(build(seq))
                     size = len(payload)
                     if size > self.max_bytes:
-                        _bump(db, "dropped")
+                        bump(db, "dropped")
                         log.warning("outbox: dropped %s seq %d: %d bytes is more than outbox.max_bytes %d", stream,
                                     seq, size, self.max_bytes)
                         return None
@@ -340,7 +253,7 @@ class Outbox:
         if last_id is None:
             return
         db.execute("DELETE FROM messages WHERE id <= ?", (last_id,))
-        _bump(db, "dropped", n)
+        bump(db, "dropped", n)
         self._depth -= n
         self._bytes -= freed
         log.warning("outbox full: dropped the %d oldest message(s) (%d bytes); raise outbox.max_messages/"
@@ -357,7 +270,7 @@ class Outbox:
                 n, freed = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE created < ?",
                                       (cutoff,)).fetchone()
                 db.execute("DELETE FROM messages WHERE created < ?", (cutoff,))
-                _bump(db, "dropped", n)
+                bump(db, "dropped", n)
             self._depth -= n
             self._bytes -= freed
             if n:
@@ -377,7 +290,7 @@ class Outbox:
             good, bad = [], []
             for r in rows:
                 payload = bytes(r[5])
-                reason = _row_problem(payload, r[10], r[11], r[8])
+                reason = row_problem(payload, r[10], r[11], r[8])
                 if reason:
                     bad.append((r, payload, reason))
                     continue
@@ -394,7 +307,7 @@ class Outbox:
                 db.execute("INSERT OR REPLACE INTO quarantine(id, stream, seq, msg_id, payload, reason, quarantined) "
                            "VALUES(?, ?, ?, ?, ?, ?, ?)", (r[0], r[1], r[2], r[3], payload[:65536], reason, now))
                 db.execute("DELETE FROM messages WHERE id=?", (r[0],))
-                _bump(db, "corrupt")
+                bump(db, "corrupt")
         for r, _payload, reason in bad:
             log.error("outbox: %s seq %s (row %d) is damaged (%s): quarantined, not published", r[1], r[2], r[0],
                       reason)
@@ -428,73 +341,15 @@ class Outbox:
     @property
     def dropped(self) -> int:
         with self._lock:
-            return _counter(self._conn, "dropped")
+            return counter(self._conn, "dropped")
 
     def stats(self) -> OutboxStats:
         with self._lock:
             db = self._conn
             head = db.execute("SELECT created FROM messages ORDER BY id LIMIT 1").fetchone()
             age = max(0.0, self._clock() - head[0]) if head else None
-            return OutboxStats(depth=self._depth, bytes=self._bytes, oldest_age_s=age, dropped=_counter(db, "dropped"),
-                               added=self._added, acked=self._acked, corrupt=_counter(db, "corrupt"),
-                               lost_files=_counter(db, "lost_files"))
+            return OutboxStats(depth=self._depth, bytes=self._bytes, oldest_age_s=age, dropped=counter(db, "dropped"),
+                               added=self._added, acked=self._acked, corrupt=counter(db, "corrupt"),
+                               lost_files=counter(db, "lost_files"))
 
 
-class _UnusableDatabase(Exception):
-    """The outbox file is not a database SQLite can use (internal: triggers the move-aside)."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-def _counter(db: sqlite3.Connection, name: str) -> int:
-    row = db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
-    return int(row[0]) if row else 0
-
-
-def _set_counter(db: sqlite3.Connection, name: str, value: int) -> None:
-    db.execute("INSERT INTO counters(name, value) VALUES(?, ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
-               (name, int(value)))
-
-
-def _bump(db: sqlite3.Connection, name: str, by: int = 1) -> int:
-    value = _counter(db, name) + by
-    _set_counter(db, name, value)
-    return value
-
-
-def _row_problem(payload: bytes, size: int, checksum: str | None, props: str | None) -> str | None:
-    """Why a stored row must not be sent, or None when it is intact."""
-    if size != len(payload):
-        return f"{len(payload)} bytes stored, {size} written"
-    if checksum is None or payload_checksum(payload) != checksum:
-        return "payload does not match its checksum"
-    if props:
-        try:
-            json.loads(props)
-        except ValueError:
-            return "message properties are not valid JSON"
-    return None
-
-
-def _salvage(path: Path) -> tuple[int | None, dict[str, int]]:
-    """Best effort on an unusable outbox file: how many messages it held, and its counters."""
-    held: int | None = None
-    counters: dict[str, int] = {}
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
-    except sqlite3.Error:
-        return None, {}
-    try:
-        try:
-            held = int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
-        except sqlite3.Error:
-            held = None
-        try:
-            counters = {str(n): int(v) for n, v in db.execute("SELECT name, value FROM counters")}
-        except (sqlite3.Error, ValueError, TypeError):
-            counters = {}
-    finally:
-        db.close()
-    return held, counters
