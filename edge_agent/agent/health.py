@@ -21,12 +21,13 @@ class HealthCollector:
     def __init__(self, stats: PipelineStats, capture: FrameCapture, comms: Communicator, model_info: Callable[[], dict],
                  model_manifest: Callable[[], dict | None], queue_depth: Callable[[], int],
                  memory_limit_bytes: int | None = None, paused: Callable[[], bool] = lambda: False,
-                 extra: Callable[[], dict] | None = None):
+                 extra: Callable[[], dict] | None = None, coverage: Callable[[], float | None] | None = None):
         self.stats, self.capture, self.comms = stats, capture, comms
         self.model_info, self.model_manifest = model_info, model_manifest
         self.queue_depth, self.paused = queue_depth, paused
         self.memory_limit_bytes = memory_limit_bytes
         self.extra = extra
+        self.coverage = coverage
         system.process_cpu_percent()  # prime psutil's interval counter
 
     def flat(self) -> dict:
@@ -66,6 +67,7 @@ class HealthCollector:
         body = {
             "frames": {"in": s["frames_in"], "processed": s["frames_processed"], "fps_in": s["fps_in"],
                        "fps_out": s["fps_out"], "dropped": cam.frames_dropped, "skipped": cam.frames_skipped,
+                       "skipped_coverage": cam.frames_skipped_coverage,
                        "paused": s["frames_paused"], "frame_errors": s["frame_errors"],
                        "inference_errors": s["inference_errors"], "report_errors": s["report_errors"]},
             "inference_ms": {"p50": s["inference_ms_p50"], "p95": s["inference_ms_p95"]},
@@ -88,6 +90,7 @@ class HealthCollector:
                        "throttling": system.pi_throttling()},
             "model": self.model_info(),
             "paused": self.paused(),
+            "coverage": self.coverage() if self.coverage is not None else None,
             "uptime_s": s["uptime_s"],
         }
         if self.extra is not None:

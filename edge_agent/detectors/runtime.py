@@ -102,6 +102,15 @@ class Artifact:
     def is_open(self) -> bool:
         return self._backend is not None
 
+    def copy(self) -> Artifact:
+        """The same model file for another thread: a session that may be shared (onnxruntime's
+        ``run`` is thread-safe) is shared, others (a TFLite interpreter) are opened anew; input
+        buffers are never shared."""
+        backend = self._backend
+        if backend is not None and getattr(backend, "thread_safe", False):
+            return Artifact(self.path, self.input_size, self._open, backend)
+        return Artifact(self.path, self.input_size, self._open)
+
 
 def as_bgr_frame(frame: np.ndarray) -> np.ndarray:
     """Accept grey, BGR or BGRA uint8 frames; refuse anything else with a clear reason."""
@@ -160,6 +169,13 @@ class Segmenter:
                                self.tile_overlap)
             self._plans[key] = plan
         return plan
+
+    def clone(self) -> Segmenter:
+        """A segmenter for another inference worker: same artifacts and plans, own sessions where needed."""
+        twin = Segmenter([a.copy() for a in self.artifacts], self.info, threshold=self.threshold,
+                         tile_overlap=self.tile_overlap, frame_gsd_mm_per_px=self.frame_gsd)
+        twin._plans = dict(self._plans)
+        return twin
 
     def only(self, index: int) -> Segmenter:
         """A segmenter over artifact ``index`` alone, without resampling (the selftest of one file)."""

@@ -117,6 +117,13 @@ class PositionProvider:
             self._fix = fix
             self._received_at = self._clock()
 
+    def speed_at(self, timeline_s: float) -> float | None:
+        """Speed over ground (m/s) for a frame at ``timeline_s`` (media time for recorded media,
+        arrival time for cameras), or None when unknown. Live receivers answer with the latest
+        fix; a replayed log answers for that moment of the recording."""
+        fix = self.latest()
+        return fix.speed_mps if fix.has_fix else None
+
     def latest(self) -> PositionFix:
         """The newest fix with its age now, or a no-fix when there is none or it is too old."""
         with self._lock:

@@ -5,7 +5,6 @@ from edge_agent.video.capture import (
     CaptureState,
     CaptureStats,
     FrameCapture,
-    FrameRateLimiter,
 )
 from edge_agent.video.errors import (
     SourceNotFoundError,
@@ -21,6 +20,7 @@ from edge_agent.video.factory import (
     parse_source,
 )
 from edge_agent.video.frame import EndOfStream, Frame, iso_utc
+from edge_agent.video.pacing import FrameRateLimiter
 from edge_agent.video.pipelines import jetson_csi_pipeline, libcamera_pipeline
 from edge_agent.video.sources import (
     FrameSource,

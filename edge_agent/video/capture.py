@@ -31,6 +31,7 @@ import numpy as np
 from edge_agent.video.errors import EndOfSource, SourceReadError, VideoSourceError
 from edge_agent.video.frame import EndOfStream, EndReason, Frame, frame_problem
 from edge_agent.video.framequeue import FrameQueue
+from edge_agent.video.pacing import FrameRateLimiter, FrameSelectorLike
 from edge_agent.video.sources import FrameSource, Grab, SourceSession
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class CaptureStats:
     frames_read: int  # grabbed from the source
     frames_captured: int  # handed to the queue
     frames_skipped: int  # not decoded, to hold the target frame rate
+    frames_skipped_coverage: int  # not decoded: the road they show was already imaged (FrameSelector)
     frames_dropped: int  # oldest frames pushed out of a full queue (consumer too slow)
     corrupt_frames: int  # empty / undecodable / wrong-shape frames, skipped
     read_errors: int  # sessions that ended in a read failure
@@ -68,38 +70,6 @@ class CaptureStats:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-class FrameRateLimiter:
-    """Keeps frames at a target rate on a timeline (media time for files, arrival time for cameras).
-
-    A frame is kept when it is at most half a source-frame interval before the next due time, and the due
-    time advances by exactly one period, so 30 -> 10 fps keeps every third frame and jitter does not make
-    the rate sag. When the source is slower than the target, every frame is kept.
-    """
-
-    def __init__(self, fps: float | None):
-        self.period = 1.0 / fps if fps else None
-        self._due: float | None = None
-        self._last_t: float | None = None
-        self._interval: float | None = None
-
-    def accept(self, t: float) -> bool:
-        if self._last_t is not None and t > self._last_t:
-            d = t - self._last_t
-            self._interval = d if self._interval is None else 0.8 * self._interval + 0.2 * d
-        self._last_t = t
-        if self.period is None:
-            return True
-        if self._due is not None:
-            tolerance = 0.5 * self._interval if self._interval else 0.0
-            if t <= self._due - tolerance:
-                return False
-        if self._due is None or t - self._due >= self.period:
-            self._due = t + self.period
-        else:
-            self._due += self.period
-        return True
 
 
 class _Reader:
@@ -164,6 +134,13 @@ class _Reader:
                 cap._count("_frames_skipped")
                 self.last_progress = arrival
                 continue
+            odometer = None
+            if cap.selector is not None:
+                keep, odometer = cap.selector.accept(timeline)
+                if not keep:
+                    cap._count("_frames_skipped_coverage")
+                    self.last_progress = arrival
+                    continue
             if pace and grab.media_time_s is not None:
                 anchor = self._pace(grab.media_time_s, anchor)
                 if self.cancel.is_set():
@@ -176,7 +153,7 @@ class _Reader:
                 continue
             self.last_progress = time.monotonic()
             self.good_frames += 1
-            cap._emit(self, image, grab, wall, mono)
+            cap._emit(self, image, grab, wall, mono, odometer)
 
     def _pace(self, media_t: float, anchor: tuple[float, float] | None) -> tuple[float, float]:
         """Sleep until ``media_t`` is due on the wall clock; re-anchor after falling >1 s behind (a blocked
@@ -202,8 +179,11 @@ class FrameCapture:
     def __init__(self, source: FrameSource, *, fps: float | None = None, realtime: bool = True,
                  queue_size: int = 4, queue_policy: Literal["drop_oldest", "block"] = "drop_oldest",
                  stall_timeout_s: float = 5.0, open_timeout_s: float = 10.0, backoff_min_s: float = 0.5,
-                 backoff_max_s: float = 30.0, max_reconnect_attempts: int | None = None):
+                 backoff_max_s: float = 30.0, max_reconnect_attempts: int | None = None,
+                 selector: FrameSelectorLike | None = None):
         self.source = source
+        self.selector = selector
+        self._frame_shape: tuple[int, int] | None = None
         self.fps, self.realtime = fps, realtime
         self.stall_timeout_s, self.open_timeout_s = stall_timeout_s, open_timeout_s
         self.backoff_min_s, self.backoff_max_s = backoff_min_s, backoff_max_s
@@ -221,6 +201,7 @@ class FrameCapture:
         self._last_frame_mono: float | None = None
         self._last_error: str | None = None
         self._frames_read = self._frames_captured = self._frames_skipped = self._frames_dropped = 0
+        self._frames_skipped_coverage = 0
         self._corrupt_frames = self._read_errors = self._open_failures = self._stalls = self._reconnects = 0
 
     # -- consumer side ---------------------------------------------------------------------------------
@@ -295,7 +276,8 @@ class FrameCapture:
             return CaptureStats(
                 source=self.source.name, kind=self.source.kind, state=self._state.value,
                 frames_read=self._frames_read, frames_captured=self._frames_captured,
-                frames_skipped=self._frames_skipped, frames_dropped=self._frames_dropped,
+                frames_skipped=self._frames_skipped, frames_skipped_coverage=self._frames_skipped_coverage,
+                frames_dropped=self._frames_dropped,
                 corrupt_frames=self._corrupt_frames, read_errors=self._read_errors,
                 open_failures=self._open_failures, stalls=self._stalls, reconnects=self._reconnects,
                 abandoned_readers=len(self._abandoned), queue_depth=len(self._queue),
@@ -401,13 +383,18 @@ class FrameCapture:
             where = grab.path or (f"frame {grab.position_index}" if grab.position_index is not None else "frame")
             log.warning("%s: skipped a corrupt %s (%s); %d so far", self.source.name, where, problem, n)
 
-    def _emit(self, reader: _Reader, image: np.ndarray, grab: Grab, wall: float, mono: float) -> None:
+    def _emit(self, reader: _Reader, image: np.ndarray, grab: Grab, wall: float, mono: float,
+              odometer: float | None = None) -> None:
+        if self.selector is not None and image.shape[:2] != self._frame_shape:
+            self._frame_shape = (int(image.shape[0]), int(image.shape[1]))
+            self.selector.set_frame_shape(self._frame_shape)
         with self._lock:
             if reader.cancel.is_set() or self._final is not None:
                 return
             frame = Frame(image=image, index=self._next_index, capture_ts=wall, monotonic_ts=mono,
                           source=self.source.name, position_s=grab.position_s,
-                          position_index=grab.position_index, path=grab.path, loop=grab.loop)
+                          position_index=grab.position_index, path=grab.path, loop=grab.loop,
+                          odometer_m=odometer)
             self._next_index += 1
             self._last_frame_mono = mono
             became_streaming = self._state != CaptureState.STREAMING

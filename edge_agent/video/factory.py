@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edge_agent.config.camera import CameraConfig, SourceKind
-from edge_agent.video.capture import FrameCapture
+from edge_agent.video.capture import FrameCapture, FrameSelectorLike
 from edge_agent.video.errors import SourceNotFoundError, SourceSpecError
 from edge_agent.video.pipelines import jetson_csi_pipeline, libcamera_pipeline
 from edge_agent.video.sources import (
@@ -118,11 +118,12 @@ def _preset_pipeline(spec: SourceSpec, cfg: CameraConfig) -> str:
     return libcamera_pipeline(width, height, fps, camera_name=str(spec.target) if spec.target else None)
 
 
-def capture_from_config(cfg: CameraConfig) -> FrameCapture:
+def capture_from_config(cfg: CameraConfig, selector: FrameSelectorLike | None = None) -> FrameCapture:
     """A FrameCapture for the config, not started: call ``start()`` (or use it in a ``with`` block),
-    which checks the source and raises a VideoSourceError that says what to fix."""
+    which checks the source and raises a VideoSourceError that says what to fix. ``selector``
+    decides before decoding which frames are needed (speed-adaptive selection)."""
     return FrameCapture(make_source(cfg), fps=cfg.fps, realtime=cfg.realtime, queue_size=cfg.queue_size,
                         queue_policy=cfg.queue_policy, stall_timeout_s=cfg.stall_timeout_s,
                         open_timeout_s=cfg.open_timeout_s, backoff_min_s=cfg.reconnect_backoff_min_s,
                         backoff_max_s=cfg.reconnect_backoff_max_s,
-                        max_reconnect_attempts=cfg.max_reconnect_attempts)
+                        max_reconnect_attempts=cfg.max_reconnect_attempts, selector=selector)

@@ -24,7 +24,7 @@ class Frame:
     loops, so downstream code can detect gaps). For files and folders ``position_index`` is the frame number
     in the file / image number in the sorted folder, ``position_s`` the time in the file (folder: index/fps
     when a rate is set), ``path`` the image file (folders only) and ``loop`` how many times the source has
-    wrapped around.
+    wrapped around. ``odometer_m`` places the frame along the drive (from the coverage selector).
     """
 
     image: np.ndarray
@@ -36,6 +36,7 @@ class Frame:
     position_index: int | None = None
     path: str | None = None
     loop: int = 0
+    odometer_m: float | None = None  # metres driven since the first frame, when the speed is known
 
     @property
     def capture_time(self) -> datetime:

@@ -34,6 +34,7 @@ def resolve_providers(requested: list[str] | None) -> list[str]:
 
 class OnnxBackend:
     name = "onnx"
+    thread_safe = True  # InferenceSession.run may be called from several threads at once
 
     def __init__(self, path: str | Path, contract: InferenceContract | None = None, threads: int | None = None,
                  providers: list[str] | None = None):

@@ -40,6 +40,7 @@ def load_interpreter_class():
 
 class TFLiteBackend:
     name = "tflite"
+    thread_safe = False  # one Interpreter per thread
 
     def __init__(self, path: str | Path, contract: InferenceContract | None = None, threads: int | None = None):
         path = Path(path)
