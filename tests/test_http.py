@@ -15,11 +15,21 @@ from edge_agent.service.http import HealthServer, HealthServerError
 from tests.helpers import PortReservation, connection_refused, listening_ports
 
 
+def latency_histogram(*ms: float) -> dict:
+    from edge_agent.stats.rates import LatencyHistogram
+
+    hist = LatencyHistogram()
+    for value in ms:
+        hist.add(value)
+    return hist.snapshot()
+
+
 def healthy_snapshot() -> dict:
     return {
         "heartbeat_age_s": 0.2, "model_loaded": True, "camera_last_frame_age_s": 0.1, "camera_state": "streaming",
         "outbox_writable": True, "frames_in": 120, "frames_processed": 118, "frames_dropped": 2, "fps": 9.5,
         "inference_ms_p50": 41.0, "inference_ms_p95": 63.5, "outbox_depth": 3, "outbox_oldest_age_s": 1.5,
+        "inference_histogram": latency_histogram(41.0, 41.0, 63.5, 120.0),
         "mqtt_connected": True, "mqtt_reconnects": 1, "cpu_percent": 180.0, "rss_mb": 212.0, "temperature_c": 61.2,
         "uptime_s": 33.0,
         "model": {"name": "cracknet-lite", "version": "1.2.0", "backend": "onnx", "precision": "int8"},
@@ -101,8 +111,16 @@ def test_metrics_prometheus_text(served):
     assert lines["crackseg_frames_processed_total"] == 118
     assert lines["crackseg_frames_dropped_total"] == 2
     assert lines["crackseg_fps"] == 9.5
-    assert lines['crackseg_inference_seconds{quantile="0.5"}'] == pytest.approx(0.041)
-    assert lines['crackseg_inference_seconds{quantile="0.95"}'] == pytest.approx(0.0635)
+    # a histogram (summable across a fleet), not per-vehicle quantile gauges
+    assert not any("quantile" in k for k in lines)
+    assert lines['crackseg_inference_seconds_bucket{le="0.035"}'] == 0
+    assert lines['crackseg_inference_seconds_bucket{le="0.05"}'] == 2
+    assert lines['crackseg_inference_seconds_bucket{le="0.1"}'] == 3
+    assert lines['crackseg_inference_seconds_bucket{le="+Inf"}'] == 4
+    assert lines["crackseg_inference_seconds_count"] == 4
+    assert lines["crackseg_inference_seconds_sum"] == pytest.approx(0.2655)
+    assert re.search(r"^# TYPE crackseg_inference_seconds histogram$", text, re.M)
+    assert "crackseg_measure_seconds" not in text  # no measurement yet: the series is absent, not zero
     assert lines["crackseg_outbox_depth"] == 3
     assert lines["crackseg_outbox_oldest_age_seconds"] == 1.5
     assert lines["crackseg_mqtt_reconnects_total"] == 1

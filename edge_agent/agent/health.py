@@ -46,6 +46,8 @@ class HealthCollector:
             "fps": s["fps_out"],
             "inference_ms_p50": s["inference_ms_p50"],
             "inference_ms_p95": s["inference_ms_p95"],
+            "inference_histogram": self.stats.inference_hist.snapshot(),
+            "measure_histogram": self.stats.measure_hist.snapshot(),
             "outbox_depth": link.outbox_depth,
             "outbox_oldest_age_s": link.outbox_oldest_age_s,
             "mqtt_connected": link.connected,

@@ -264,5 +264,5 @@ class ReportStage(threading.Thread):
             except Exception:  # one bad frame must not stop reporting of the next ones
                 self.stats.add("report_errors")
                 log.exception("reporting frame %d failed", item.frame.index)
-            self.stats.measure_ms.add((time.perf_counter() - t0) * 1000.0)
+            self.stats.measured((time.perf_counter() - t0) * 1000.0)
             self.stats.frames_out.mark()

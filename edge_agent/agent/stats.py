@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from edge_agent.stats.rates import LatencyWindow, RateMeter
+from edge_agent.stats.rates import LatencyHistogram, LatencyWindow, RateMeter
 
 
 class PipelineStats:
@@ -18,6 +18,8 @@ class PipelineStats:
         self.frames_out = RateMeter()         # frames fully reported (measured and queued for MQTT)
         self.inference_ms = LatencyWindow()
         self.measure_ms = LatencyWindow()
+        self.inference_hist = LatencyHistogram()
+        self.measure_hist = LatencyHistogram()
         self.counts = {"frames_paused": 0, "frame_errors": 0, "inference_errors": 0, "report_errors": 0,
                        "detection_messages": 0, "cracks_reported": 0, "new_cracks": 0, "snapshots": 0}
         self.consecutive_inference_errors = 0
@@ -30,6 +32,7 @@ class PipelineStats:
 
     def inference_ok(self, ms: float) -> None:
         self.inference_ms.add(ms)
+        self.inference_hist.add(ms)
         with self._lock:
             self.consecutive_inference_errors = 0
             self.last_processed_mono = time.monotonic()
@@ -53,3 +56,8 @@ class PipelineStats:
             "heartbeat_age_s": None if last is None else round(time.monotonic() - last, 3),
             "uptime_s": round(time.monotonic() - self.started_mono, 1), **counts,
         }
+
+    def measured(self, ms: float) -> None:
+        """One frame measured and handed to the communicator, in ``ms``."""
+        self.measure_ms.add(ms)
+        self.measure_hist.add(ms)

@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypedDict
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
 from edge_agent.errors import UserError
@@ -47,7 +47,8 @@ class HealthSnapshot(TypedDict, total=False):
     Counters (totals since start) and gauges for /metrics:
       frames_in, frames_processed, frames_dropped   camera frames received / segmented / skipped
       fps                      processed frames per second (recent window)
-      inference_ms_p50, inference_ms_p95            inference latency percentiles (ms)
+      inference_ms_p50, inference_ms_p95            inference latency percentiles (ms), for humans
+      inference_histogram, measure_histogram        cumulative latency buckets (LatencyHistogram.snapshot())
       outbox_depth             messages waiting for the broker
       outbox_oldest_age_s      age of the oldest waiting message
       mqtt_connected           link to the broker is up
@@ -73,6 +74,8 @@ class HealthSnapshot(TypedDict, total=False):
     fps: float
     inference_ms_p50: float | None
     inference_ms_p95: float | None
+    inference_histogram: dict
+    measure_histogram: dict
     outbox_depth: int
     outbox_oldest_age_s: float | None
     mqtt_connected: bool
@@ -158,6 +161,11 @@ class SnapshotCollector:
             if value is not None:
                 yield CounterMetricFamily(f"crackseg_{name}", doc, value=value)
 
+        def histogram(name: str, doc: str, value: Any) -> Iterator[Metric]:
+            if isinstance(value, dict) and value.get("count"):
+                buckets = [(("+Inf" if le == "+Inf" else repr(float(le))), int(n)) for le, n in value["buckets"]]
+                yield HistogramMetricFamily(f"crackseg_{name}", doc, buckets=buckets, sum_value=float(value["sum_s"]))
+
         def gauge(name: str, doc: str, value: Any, scale: float = 1.0) -> Iterator[Metric]:
             v = _num(value)
             if v is not None:
@@ -169,14 +177,10 @@ class SnapshotCollector:
                            "frames_dropped")
         yield from counter("mqtt_reconnects", "Reconnections to the MQTT broker.", "mqtt_reconnects")
         yield from gauge("fps", "Processed frames per second (recent window).", snap.get("fps"))
-        quantiles = [(q, _num(snap.get(k))) for q, k in (("0.5", "inference_ms_p50"), ("0.95", "inference_ms_p95"))]
-        if any(v is not None for _, v in quantiles):
-            fam = GaugeMetricFamily("crackseg_inference_seconds", "Inference latency quantiles over recent frames.",
-                                    labels=["quantile"])
-            for q, v in quantiles:
-                if v is not None:
-                    fam.add_metric([q], v / 1000.0)
-            yield fam
+        yield from histogram("inference_seconds", "Inference time per frame (all tiles).",
+                             snap.get("inference_histogram"))
+        yield from histogram("measure_seconds", "Measurement and reporting time per frame.",
+                             snap.get("measure_histogram"))
         yield from gauge("outbox_depth", "Messages waiting in the outbox for the broker.", snap.get("outbox_depth"))
         yield from gauge("outbox_oldest_age_seconds", "Age of the oldest waiting message.",
                          snap.get("outbox_oldest_age_s"))
@@ -244,6 +248,17 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-answer is routine (a scraper's timeout, curl ^C): one debug
+        line, not a traceback on stderr outside the logger. Anything else is logged once."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug("http: %s went away: %s", client_address, exc)
+        else:
+            log.exception("http: request from %s failed", client_address)
 
 
 class _Server6(_Server):

@@ -57,3 +57,40 @@ class LatencyWindow:
                 return [None for _ in qs]
             arr = np.fromiter(self._values, dtype=np.float64)
         return [round(float(np.percentile(arr, q)), 2) for q in qs]
+
+
+# Latency bucket bounds (ms): from a light 320x480 tile to a slow 1080p frame on a Pi.
+LATENCY_BUCKETS_MS = (5.0, 10.0, 20.0, 35.0, 50.0, 75.0, 100.0, 150.0, 250.0, 500.0, 1000.0, 2500.0)
+
+
+class LatencyHistogram:
+    """Cumulative latency counts per bucket since start (what Prometheus histograms expose).
+
+    Why besides the percentile window: percentiles of one vehicle cannot be combined into a
+    fleet's; bucket counts can be summed across vehicles and turned into fleet percentiles
+    (``histogram_quantile``) by the monitoring side.
+    """
+
+    def __init__(self, bounds_ms: tuple[float, ...] = LATENCY_BUCKETS_MS):
+        self.bounds_ms = tuple(sorted(bounds_ms))
+        self._counts = [0] * (len(self.bounds_ms) + 1)  # the last one is +Inf
+        self._sum_ms = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, ms: float) -> None:
+        i = 0
+        while i < len(self.bounds_ms) and ms > self.bounds_ms[i]:
+            i += 1
+        with self._lock:
+            self._counts[i] += 1
+            self._sum_ms += ms
+
+    def snapshot(self) -> dict:
+        """``{"buckets": [[upper bound in seconds or "+Inf", cumulative count], ...], "sum_s", "count"}``."""
+        with self._lock:
+            counts, total_ms = list(self._counts), self._sum_ms
+        cumulative, running = [], 0
+        for bound, n in zip([*self.bounds_ms, None], counts):
+            running += n
+            cumulative.append(["+Inf" if bound is None else bound / 1000.0, running])
+        return {"buckets": cumulative, "sum_s": total_ms / 1000.0, "count": running}
