@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import cv2
@@ -9,6 +10,7 @@ import numpy as np
 
 from edge_agent.errors import UserError
 
+DEFAULT_MAX_PIXELS = 40_000_000  # 8K UHD is 33 Mpx; no vehicle camera comes close
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -28,15 +30,88 @@ def list_images(path: Path) -> list[Path]:
     raise ImageReadError(f"{path}: no such file or folder")
 
 
-def read_image(path: Path, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG, JPEG, BMP, GIF or WebP header without decoding; None if unknown.
+
+    Why: decoding allocates width x height x 3 bytes before anything can be checked, and a
+    909 kB PNG can declare 20000x15000 pixels (0.9 GB decoded, more in the model's floats).
+    """
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+            return struct.unpack(">II", data[16:24])
+        if data[:2] == b"\xff\xd8":
+            return _jpeg_size(data)
+        if data[:2] == b"BM" and len(data) >= 26:
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(w), abs(h)
+        if data[:6] in (b"GIF87a", b"GIF89a"):
+            return struct.unpack("<HH", data[6:10])
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            return _webp_size(data)
+    except struct.error:
+        return None
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        length = struct.unpack(">H", data[i + 2:i + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            return w, h
+        i += 2 + length
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if chunk == b"VP8L":
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if chunk == b"VP8 ":
+        w, h = struct.unpack("<HH", data[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    return None
+
+
+def check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
+    """ImageReadError when a ``width`` x ``height`` image is over the pixel limit."""
+    if width * height > max_pixels:
+        raise ImageReadError(f"{what}: {width}x{height} = {width * height / 1e6:.1f} Mpx is more than the limit of "
+                             f"{max_pixels / 1e6:.1f} Mpx (camera.max_pixels); resize it, or raise the limit if this "
+                             "camera really delivers such frames")
+
+
+def read_image(path: Path, flags: int = cv2.IMREAD_COLOR, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image file, refusing (before decoding) one with more than ``max_pixels`` pixels."""
     data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
     if data is None:
         raise ImageReadError(f"{path}: file not found")
     if data.size == 0:
         raise ImageReadError(f"{path}: empty file")
-    img = cv2.imdecode(data, flags)
+    size = header_size(data[:65536].tobytes())
+    if size is not None:
+        check_pixels(size[0], size[1], max_pixels, str(path))
+    try:
+        img = cv2.imdecode(data, flags)
+    except (cv2.error, MemoryError) as exc:  # an unknown format's header we could not check
+        raise ImageReadError(f"{path}: not a readable image ({str(exc).splitlines()[0][:120]})") from None
     if img is None:
-        raise ImageReadError(f"{path}: not a readable image (corrupt or unsupported format)")
+        raise ImageReadError(f"{path}: not a readable image (corrupt, truncated, unsupported format, or over "
+                             f"{max_pixels / 1e6:.0f} Mpx)")
+    check_pixels(img.shape[1], img.shape[0], max_pixels, str(path))
     return img
 
 

@@ -130,6 +130,8 @@ class _Reader:
             arrival = time.monotonic()
             timeline = grab.media_time_s if grab.media_time_s is not None else arrival
             cap._count("_frames_read")
+            for _ in range(grab.damaged_before):
+                cap._corrupt("unreadable: damaged data in the file", grab)
             if not limiter.accept(timeline):
                 cap._count("_frames_skipped")
                 self.last_progress = arrival

@@ -13,6 +13,7 @@ from typing import Literal
 
 import numpy as np
 
+from edge_agent.imageio import DEFAULT_MAX_PIXELS as MAX_FRAME_PIXELS
 from edge_agent.util.timestamps import iso_utc
 
 
@@ -89,4 +90,6 @@ def frame_problem(image: object) -> str | None:
         return f"shape {image.shape}, expected HxWx3"
     if image.shape[0] == 0 or image.shape[1] == 0:
         return "empty image"
+    if image.shape[0] * image.shape[1] > MAX_FRAME_PIXELS:
+        return f"{image.shape[1]}x{image.shape[0]} is more than {MAX_FRAME_PIXELS / 1e6:.0f} Mpx"
     return None

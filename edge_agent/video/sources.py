@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
-from edge_agent.imageio import ImageReadError, list_images, read_image
+from edge_agent.imageio import DEFAULT_MAX_PIXELS, ImageReadError, list_images, read_image
 from edge_agent.util.urls import redact_url
 from edge_agent.video.errors import (
     EndOfSource,
@@ -82,6 +82,7 @@ class Grab:
     position_index: int | None = None
     path: str | None = None
     loop: int = 0
+    damaged_before: int = 0  # unreadable frames of a recording skipped just before this one (damaged data)
 
 
 class SourceSession(ABC):
@@ -273,6 +274,9 @@ def _open_video_file(path: Path) -> cv2.VideoCapture:
         return cv2.VideoCapture(str(path), api)
 
 
+DAMAGED_RUN_LIMIT = 25  # consecutive unreadable frames in a recording that end it (a broken tail)
+
+
 class VideoFileSource(FrameSource):
     """A recorded video, optionally looped; positions come from the frame count and the file's rate."""
 
@@ -295,6 +299,10 @@ class VideoFileSource(FrameSource):
             if not cap.isOpened():
                 raise SourceSpecError(f"{self.path}: not a video OpenCV can read (corrupt, or a codec this "
                                       f"OpenCV build lacks; try re-encoding to H.264 .mp4 or MJPG .avi)")
+            w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+            if w * h > DEFAULT_MAX_PIXELS:
+                raise SourceSpecError(f"{self.path}: frames of {w}x{h} are more than "
+                                      f"{DEFAULT_MAX_PIXELS / 1e6:.0f} Mpx; resize the video")
         finally:
             cap.release()
 
@@ -322,7 +330,17 @@ class _VideoFileSession(SourceSession):
         self._cap, self._fps, self._n = cap, fps, 0
 
     def grab(self) -> Grab:
-        if not self._cap.grab():
+        """The next frame; a failed read in the middle of a damaged file is a damaged frame, not the end.
+
+        OpenCV reports a block it cannot decode exactly like the end of the file (``grab()`` is
+        False), and reads on after it. So a failure is the end only when the file says it has no
+        more frames, or after ``DAMAGED_RUN_LIMIT`` failures in a row.
+        """
+        failures = 0
+        while not self._cap.grab():
+            failures += 1
+            if failures < DAMAGED_RUN_LIMIT and not self._at_end():
+                continue
             if not self._src.loop:
                 raise EndOfSource()
             if self._n == 0:
@@ -333,10 +351,19 @@ class _VideoFileSession(SourceSession):
             self._loop += 1
             if not self._cap.grab():
                 raise SourceReadError(f"{self._src.path}: no frame could be read after rewinding")
-        pos = self._n / self._fps
-        grab = Grab(media_time_s=self._offset_s + pos, position_s=pos, position_index=self._n, loop=self._loop)
-        self._n += 1
+            failures = 0
+            break
+        # the file's own frame number: a decoder that skips a damaged frame must not shift the timeline
+        index = max(self._n, int(self._cap.get(cv2.CAP_PROP_POS_FRAMES) or 0) - 1)
+        pos = index / self._fps
+        grab = Grab(media_time_s=self._offset_s + pos, position_s=pos, position_index=index, loop=self._loop,
+                    damaged_before=failures)
+        self._n = index + 1
         return grab
+
+    def _at_end(self) -> bool:
+        total = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        return bool(total and math.isfinite(total) and total > 0 and self._n >= total)
 
     def retrieve(self) -> np.ndarray | None:
         ok, image = self._cap.retrieve()
@@ -405,7 +432,7 @@ class _FolderSession(SourceSession):
         path = self._files[self._i]
         try:
             return read_image(path)
-        except (ImageReadError, OSError, cv2.error) as e:
+        except (ImageReadError, OSError, cv2.error, MemoryError) as e:
             log.warning("skipped unreadable image: %s", e)
             return None
 
