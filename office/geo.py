@@ -15,6 +15,7 @@ of messages with one call.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -146,38 +147,46 @@ def geolocate_polyline(polyline_px: npt.ArrayLike, width: int, height: int, came
 
 
 class PolylineBatch:
-    """Many polylines from many messages, geolocated with one geodesic call (ingest's hot path).
+    """Many polylines from many messages, geolocated with one vectorised pass (ingest's hot path).
 
-    ``add`` returns a handle; after ``solve`` each handle's (N, 2) lon/lat array is ``result(handle)``.
+    ``add`` only records its arguments (numpy on a handful of points costs more in call overhead
+    than in arithmetic); ``solve`` does the whole batch at once; then ``result(handle)`` is each
+    polyline's (N, 2) array of (lon, lat).
     """
 
     def __init__(self) -> None:
-        self._chunks: list[tuple[FloatArray, FloatArray, float, float, float]] = []
+        self._u: list[float] = []
+        self._v: list[float] = []
+        self._params: list[tuple[int, float, float, float, float, str, float, float, float, float, float]] = []
         self._spans: list[tuple[int, int]] = []
         self._out: FloatArray | None = None
-        self._n = 0
 
-    def add(self, polyline_px: list[list[int]], width: int, height: int, camera: Camera, lat: float, lon: float,
-            heading_deg: float) -> int:
-        pts = np.asarray(polyline_px, dtype=np.float64).reshape(-1, 2)
-        ahead, right = pixel_to_vehicle(pts[:, 0], pts[:, 1], width, height, camera.gsd_x_mm_per_px,
-                                        camera.gsd_y_mm_per_px, camera.forward, camera.offset_forward_m,
-                                        camera.offset_right_m)
-        east, north = vehicle_to_enu(ahead, right, heading_deg)
-        self._chunks.append((east, north, lon, lat, heading_deg))
-        self._spans.append((self._n, self._n + len(pts)))
-        self._n += len(pts)
+    def add(self, polyline_px: Sequence[Sequence[int]], width: int, height: int, camera: Camera, lat: float,
+            lon: float, heading_deg: float) -> int:
+        start = len(self._u)
+        for u, v in polyline_px:
+            self._u.append(u)
+            self._v.append(v)
+        self._params.append((len(polyline_px), width, height, camera.gsd_x_mm_per_px, camera.gsd_y_mm_per_px,
+                             camera.forward, camera.offset_forward_m, camera.offset_right_m, lat, lon, heading_deg))
+        self._spans.append((start, len(self._u)))
         return len(self._spans) - 1
 
     def solve(self) -> None:
-        if not self._chunks:
+        if not self._u:
             self._out = np.zeros((0, 2))
             return
-        east = np.concatenate([c[0] for c in self._chunks])
-        north = np.concatenate([c[1] for c in self._chunks])
-        lon0 = np.concatenate([np.full(len(c[0]), c[2]) for c in self._chunks])
-        lat0 = np.concatenate([np.full(len(c[0]), c[3]) for c in self._chunks])
-        lons, lats = enu_to_lonlat(lon0, lat0, east, north)
+        counts = np.array([p[0] for p in self._params])
+        per = np.array([p[1:5] + p[6:] for p in self._params], dtype=np.float64)   # w h gx gy of or lat lon hdg
+        axes = np.array([[*_AXES[p[5]][0], *_AXES[p[5]][1]] for p in self._params], dtype=np.float64)
+        w, h, gx, gy, off_f, off_r, lat, lon, hdg = (np.repeat(per[:, i], counts) for i in range(9))
+        a_u, a_v, r_u, r_v = (np.repeat(axes[:, i], counts) for i in range(4))
+        du = (np.asarray(self._u, dtype=np.float64) + 0.5 - w / 2.0) * gx / 1000.0
+        dv = (np.asarray(self._v, dtype=np.float64) + 0.5 - h / 2.0) * gy / 1000.0
+        ahead = a_u * du + a_v * dv + off_f
+        right = r_u * du + r_v * dv + off_r
+        east, north = vehicle_to_enu(ahead, right, hdg)
+        lons, lats = enu_to_lonlat(lon, lat, east, north)
         self._out = np.column_stack([lons, lats])
 
     def result(self, handle: int) -> FloatArray:

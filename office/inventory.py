@@ -48,6 +48,7 @@ from office.lines import (
     line_wkt,
     overlap_share,
     parse_line,
+    principal_axis,
 )
 from office.store.database import Database
 
@@ -70,12 +71,19 @@ class CrackState:
     pieces: dict[tuple[str, str], list[FloatArray]] | None = None
     segment_id: int | None = None
     touched: bool = False
+    new: bool = False       # not in the database yet (inserted by ``_finalize``)
+    fresh: bool = False     # ``line`` is the centreline of all of ``pieces``
+    _box: tuple[float, float, float, float] | None = None
+
+    def set_line(self, line: FloatArray | None) -> None:
+        self.line, self._box, self.fresh = line, None, True
 
     def bbox(self) -> tuple[float, float, float, float] | None:
         if self.line is None:
             return None
-        return (float(self.line[:, 0].min()), float(self.line[:, 1].min()), float(self.line[:, 0].max()),
-                float(self.line[:, 1].max()))
+        if self._box is None:
+            self._box = _bbox(self.line)
+        return self._box
 
     @property
     def alligator(self) -> bool:
@@ -144,6 +152,7 @@ class Merger:
         self.blocks: set[tuple[int, int]] = set()
         self.absorbed_into: dict[int, int] = {}
         self.result = MergeResult()
+        self._ids = db.id_allocator(conn, db.t.cracks)
 
     # -- index of cracks near the work ------------------------------------------------------
     def _index(self, state: CrackState) -> None:
@@ -174,7 +183,8 @@ class Merger:
             for cid, geom, ctype, seg in rows:
                 if cid in self.states:
                     continue
-                st = CrackState(int(cid), parse_line(geom), Counter({ctype: 1}), segment_id=seg)
+                st = CrackState(int(cid), None, Counter({ctype: 1}), segment_id=seg)
+                st.set_line(parse_line(geom))
                 self.states[st.id] = st
                 self._index(st)
 
@@ -196,7 +206,8 @@ class Merger:
         if st is None:
             c = self.t.cracks.c
             row = self.conn.execute(select(c.geom, c.type, c.segment_id).where(c.id == crack_id)).one()
-            st = CrackState(crack_id, parse_line(row.geom), Counter({row.type: 1}), segment_id=row.segment_id)
+            st = CrackState(crack_id, None, Counter({row.type: 1}), segment_id=row.segment_id)
+            st.set_line(parse_line(row.geom))
             self.states[crack_id] = st
             self._index(st)
         if st.pieces is None:
@@ -271,7 +282,7 @@ class Merger:
         st.pieces.setdefault((g.device_id, g.track_id), []).extend(g.pieces)
         st.types += g.types
         merged = merged_line(all_pieces(st.pieces), self.cfg)
-        st.line = merged[0] if merged else st.line
+        st.set_line(merged[0] if merged else st.line)
         self._index(st)
         self.result.touched.add(st.id)
 
@@ -315,17 +326,10 @@ class Merger:
         return keep.id
 
     def _create(self, g: Group, line: FloatArray | None) -> int:
-        c = self.t.cracks
-        box = _bbox(line) if line is not None else None
-        crack_id = int(self.conn.execute(c.insert().returning(c.c.id), {
-            "geom": line_wkt(line) if line is not None else None,
-            "min_lon": box[0] if box else None, "min_lat": box[1] if box else None,
-            "max_lon": box[2] if box else None, "max_lat": box[3] if box else None,
-            "first_seen": self.now, "last_seen": self.now, "observations": 0, "sightings": 0, "devices": "",
-            "device_count": 0, "length_m": 0.0, "width_max_mm": 0.0, "width_median_mm": 0.0,
-            "type": g.types.most_common(1)[0][0], "severity": "low", "updated_at": self.now}).scalar_one())
-        st = CrackState(crack_id, line, Counter(g.types), pieces={(g.device_id, g.track_id): list(g.pieces)},
-                        touched=True)
+        crack_id = self._ids()
+        st = CrackState(crack_id, None, Counter(g.types), pieces={(g.device_id, g.track_id): list(g.pieces)},
+                        touched=True, new=True)
+        st.set_line(line)
         self.states[crack_id] = st
         self._index(st)
         self.result.created += 1
@@ -335,11 +339,12 @@ class Merger:
     def _absorb(self, keep: CrackState, other: CrackState) -> None:
         """Two cracks turned out to be one: move everything of ``other`` to ``keep``."""
         t = self.t
-        self.conn.execute(update(t.crack_observations).where(t.crack_observations.c.crack_id == other.id)
-                          .values(crack_id=keep.id))
-        self.conn.execute(update(t.crack_tracks).where(t.crack_tracks.c.crack_id == other.id)
-                          .values(crack_id=keep.id))
-        self.conn.execute(t.cracks.delete().where(t.cracks.c.id == other.id))
+        if not other.new:
+            self.conn.execute(update(t.crack_observations).where(t.crack_observations.c.crack_id == other.id)
+                              .values(crack_id=keep.id))
+            self.conn.execute(update(t.crack_tracks).where(t.crack_tracks.c.crack_id == other.id)
+                              .values(crack_id=keep.id))
+            self.conn.execute(t.cracks.delete().where(t.cracks.c.id == other.id))
         self._unindex(other)
         assert keep.pieces is not None and other.pieces is not None
         for key, lines in other.pieces.items():
@@ -364,10 +369,9 @@ class Merger:
 
     # -- attributes -----------------------------------------------------------------------------
     def _length(self, st: CrackState, obs: Sequence[Any]) -> float:
-        """The longest sighting: per (device, track) the longer of its own centreline and its longest
-        observation. Not the centreline of all passes together: their GNSS offsets along the crack
-        would lengthen it."""
-        return max(_sighting_lengths(st.pieces, obs, self.cfg))
+        """The longest pass (``_pass_lengths``); not the extent of all passes together: their GNSS
+        offsets along the crack would lengthen it."""
+        return max(_pass_lengths(st.pieces, obs))
 
     def _finalize(self) -> None:
         """Recompute every touched crack from all its observations."""
@@ -377,7 +381,7 @@ class Merger:
         for i in range(0, len(ids), CHUNK):
             part = ids[i:i + CHUNK]
             for r in self.conn.execute(select(o.crack_id, o.device_id, o.track_id, o.ts, o.type, o.severity,
-                                              o.length_m, o.width_mean_mm, o.width_max_mm)
+                                              o.length_m, o.width_mean_mm, o.width_max_mm, o.clipped)
                                        .where(o.crack_id.in_(part))):
                 rows_by[int(r.crack_id)].append(r)
         updates = []
@@ -386,8 +390,10 @@ class Merger:
             if not obs:
                 continue
             st = self.states[cid]
-            merged = merged_line(all_pieces(st.pieces), self.cfg)
-            line = merged[0] if merged else None
+            if not st.fresh:
+                merged = merged_line(all_pieces(st.pieces), self.cfg)
+                st.set_line(merged[0] if merged else None)
+            line = st.line
             box = _bbox(line) if line is not None else None
             devices = sorted({r.device_id for r in obs})
             types = Counter(r.type for r in obs)
@@ -405,24 +411,77 @@ class Merger:
                 "width_median_mm": round(float(statistics.median(r.width_mean_mm for r in obs)), 2),
                 "type": ctype, "severity": max((r.severity for r in obs), key=SEVERITY_RANK.__getitem__),
                 "updated_at": self.now})
-        if updates:
-            c = self.t.cracks
+        c = self.t.cracks
+        inserts = [{**{k: v for k, v in u.items() if k != "cid"}, "id": u["cid"]} for u in updates
+                   if self.states[u["cid"]].new]
+        if inserts:
+            self.conn.execute(c.insert(), inserts)
+        changes = [u for u in updates if not self.states[u["cid"]].new]
+        if changes:
             stmt = update(c).where(c.c.id == bindparam("cid")).values(
-                {k: bindparam(k) for k in updates[0] if k != "cid"})
-            self.conn.execute(stmt, updates)
+                {k: bindparam(k) for k in changes[0] if k != "cid"})
+            self.conn.execute(stmt, changes)
 
 
-def _sighting_lengths(pieces: dict[tuple[str, str], list[FloatArray]] | None, obs: Sequence[Any],
-                      cfg: InventoryConfig) -> list[float]:
-    longest: dict[tuple[str, str], float] = {}
+PASS_GAP_S = 30.0   # sightings of one vehicle this close in time are one pass (a track the tracker split)
+
+
+def _pass_lengths(pieces: dict[tuple[str, str], list[FloatArray]] | None, obs: Sequence[Any]) -> list[float]:
+    """Length of the crack per pass: the sightings (device, track) of one vehicle within ``PASS_GAP_S``
+    of each other. Seen whole in one frame (no end on the frame border): that frame's measurement,
+    exact. Only ever seen in parts (longer than the camera footprint, or the tracker lost it half
+    way): ``parts_length`` of all the pass's parts."""
+    spans: dict[tuple[str, str], list[Any]] = {}
     for r in obs:
         key = (r.device_id, r.track_id)
-        longest[key] = max(longest.get(key, 0.0), float(r.length_m))
+        spans.setdefault(key, [r.ts, r.ts])
+        spans[key][0] = min(spans[key][0], r.ts)
+        spans[key][1] = max(spans[key][1], r.ts)
+    pass_of: dict[tuple[str, str], int] = {}
+    n_passes = 0
+    last: dict[str, tuple[Any, int]] = {}
+    for key, (first, end) in sorted(spans.items(), key=lambda kv: (kv[0][0], kv[1][0])):
+        prev = last.get(key[0])
+        if prev is not None and (first - prev[0]).total_seconds() <= PASS_GAP_S:
+            pass_of[key] = prev[1]
+            last[key[0]] = (max(prev[0], end), prev[1])
+        else:
+            pass_of[key] = n_passes
+            last[key[0]] = (end, n_passes)
+            n_passes += 1
+    whole: dict[int, float] = {}
+    longest: dict[int, float] = {}
+    for r in obs:
+        k = pass_of[(r.device_id, r.track_id)]
+        longest[k] = max(longest.get(k, 0.0), float(r.length_m))
+        if not r.clipped:
+            whole[k] = max(whole.get(k, 0.0), float(r.length_m))
+    parts: dict[int, list[FloatArray]] = {}
     for key, lines in (pieces or {}).items():
-        merged = merged_line(lines, cfg)
-        if merged is not None:
-            longest[key] = max(longest.get(key, 0.0), merged[1])
-    return list(longest.values())
+        if key in pass_of:
+            parts.setdefault(pass_of[key], []).extend(lines)
+    for k, lines in parts.items():
+        if k not in whole and lines:
+            longest[k] = max(longest[k], parts_length(lines))
+    return [whole.get(k, length) for k, length in longest.items()]
+
+
+def parts_length(pieces: Sequence[FloatArray]) -> float:
+    """Length of a crack seen in parts (lon/lat lines of one pass): the extent of the parts along
+    their common axis times their median tortuosity (own length / own extent). Not the length of a
+    centreline through the parts: frame-to-frame GNSS jitter makes such a line zig-zag."""
+    frame = frame_for(float(pieces[0][0, 0]), float(pieces[0][0, 1]))
+    xys = [frame.to_xy(p) for p in pieces]
+    mean, u = principal_axis(np.vstack(xys))
+    t = np.concatenate([(xy - mean) @ u for xy in xys])
+    ratios = []
+    for xy in xys:
+        tt = (xy - mean) @ u
+        extent = float(tt.max() - tt.min())
+        if extent > 0.1:
+            ratios.append(float(np.sum(np.hypot(*np.diff(xy, axis=0).T))) / extent)
+    tortuosity = min(1.5, max(1.0, float(np.median(ratios)))) if ratios else 1.0
+    return float(t.max() - t.min()) * tortuosity
 
 
 def merge_pending(conn: Connection, db: Database, cfg: InventoryConfig, now: datetime, limit: int) -> MergeResult:

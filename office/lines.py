@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 import shapely
 from pyproj import Transformer
-from shapely import LineString, Point
+from shapely import LineString
 
 from office.geo import FloatArray
 
@@ -104,17 +104,17 @@ def centreline(xy: FloatArray, bin_m: float) -> FloatArray:
     if t1 - t0 < 1e-9:
         return np.vstack([mean, mean])
     nbins = max(1, int(math.ceil((t1 - t0) / bin_m)))
-    idx = np.minimum(((t - t0) / (t1 - t0) * nbins).astype(int), nbins - 1)
-    order = np.argsort(idx, kind="stable")
-    idx_sorted = idx[order]
-    bounds = np.flatnonzero(np.diff(idx_sorted)) + 1
-    tc, sc = [], []
-    for chunk in np.split(order, bounds):
-        tc.append(float(t[chunk].mean()))
-        sc.append(float(np.median(s[chunk])))
+    idx = np.minimum(((t - t0) / (t1 - t0) * nbins).astype(np.int64), nbins - 1)
+    order = np.lexsort((s, idx))                     # by bin, then by offset within the bin
+    idx_sorted, s_sorted = idx[order], s[order]
+    bins, first, counts = np.unique(idx_sorted, return_index=True, return_counts=True)
+    lo = first + (counts - 1) // 2
+    hi = first + counts // 2
+    sc = (s_sorted[lo] + s_sorted[hi]) / 2.0          # the median of each bin
+    tc = np.bincount(idx, weights=t, minlength=nbins)[bins] / counts
     tc[0], tc[-1] = t0, t1
     if len(tc) == 1:
-        tc, sc = [t0, t1], [sc[0], sc[0]]
+        tc, sc = np.array([t0, t1]), np.array([sc[0], sc[0]])
     return mean + np.outer(tc, u) + np.outer(sc, n)
 
 
@@ -146,28 +146,28 @@ def overlap_share(a: FloatArray, b: FloatArray, tolerance_m: float) -> tuple[flo
 def point_on_line(xy_line: FloatArray, x: float, y: float) -> tuple[float, float, float]:
     """(distance from the line, position along it from its start, its direction there in degrees
     clockwise from north) for the point (x, y). Positions before the start / past the end are
-    negative / beyond the length (measured along the end pieces' directions)."""
-    line = LineString(xy_line)
-    p = Point(x, y)
-    length = line.length
-    along = float(line.project(p))
+    negative / beyond the length (measured along the end pieces' directions). Plain numpy: this
+    runs for every vehicle position against every segment near it."""
     pts = np.asarray(xy_line, dtype=np.float64)
-    if along <= 1e-9 or along >= length - 1e-9:
-        a, b = (pts[0], pts[1]) if along <= 1e-9 else (pts[-2], pts[-1])
-        d = b - a
-        norm = float(np.hypot(*d)) or 1.0
-        ref = pts[0] if along <= 1e-9 else pts[-1]
-        extra = float(np.dot(np.array([x, y]) - ref, d / norm))
-        if along <= 1e-9 and extra < 0:
-            along = extra
-        elif along >= length - 1e-9 and extra > 0:
-            along = length + extra
-    # direction of the piece nearest to the point
-    seg = np.diff(pts, axis=0)
-    cum = np.concatenate([[0.0], np.cumsum(np.hypot(seg[:, 0], seg[:, 1]))])
-    k = int(np.clip(np.searchsorted(cum, min(max(along, 0.0), length)) - 1, 0, len(seg) - 1))
-    bearing = math.degrees(math.atan2(seg[k, 0], seg[k, 1])) % 360.0
-    return float(line.distance(p)), along, bearing
+    a, d = pts[:-1], np.diff(pts, axis=0)
+    seg_len = np.hypot(d[:, 0], d[:, 1])
+    ok = seg_len > 1e-12
+    if not ok.any():
+        return float(math.hypot(x - pts[0, 0], y - pts[0, 1])), 0.0, 0.0
+    a, d, seg_len = a[ok], d[ok], seg_len[ok]
+    px, py = x - a[:, 0], y - a[:, 1]
+    t = np.clip((px * d[:, 0] + py * d[:, 1]) / (seg_len * seg_len), 0.0, 1.0)
+    dist = np.hypot(px - t * d[:, 0], py - t * d[:, 1])
+    k = int(np.argmin(dist))
+    cum = np.concatenate([[0.0], np.cumsum(seg_len)])
+    along = float(cum[k] + t[k] * seg_len[k])
+    ux, uy = d[k] / seg_len[k]
+    if k == 0 and t[0] == 0.0:
+        along = min(0.0, float(px[0] * ux + py[0] * uy))
+    elif k == len(d) - 1 and t[k] == 1.0:
+        along = float(cum[-1]) + max(0.0, float((x - pts[-1, 0]) * ux + (y - pts[-1, 1]) * uy))
+    bearing = math.degrees(math.atan2(d[k, 0], d[k, 1])) % 360.0
+    return float(dist[k]), along, bearing
 
 
 def heading_diff_deg(a: float, b: float) -> float:

@@ -55,10 +55,28 @@ class SegState:
     coords: FloatArray              # lon/lat
     complete: bool
     dirty: bool = False
+    new: bool = False               # not in the database yet (inserted by ``_write``)
+    device_id: str = ""
+    first_seen: datetime | None = None
+    _box: tuple[float, float, float, float] | None = None
+    _xy: tuple[int, FloatArray] | None = None
+
+    def set_coords(self, coords: FloatArray, xy: tuple[LocalFrame, FloatArray] | None = None) -> None:
+        """New line (lon/lat); ``xy``: the same line in a frame's metres, when the caller has it."""
+        self.coords, self._box = coords, None
+        self._xy = (id(xy[0]), xy[1]) if xy is not None else None
 
     def bbox(self) -> tuple[float, float, float, float]:
-        return (float(self.coords[:, 0].min()), float(self.coords[:, 1].min()), float(self.coords[:, 0].max()),
-                float(self.coords[:, 1].max()))
+        if self._box is None:
+            self._box = (float(self.coords[:, 0].min()), float(self.coords[:, 1].min()),
+                         float(self.coords[:, 0].max()), float(self.coords[:, 1].max()))
+        return self._box
+
+    def xy(self, frame: LocalFrame) -> FloatArray:
+        """The line in ``frame``'s metres, cached (a segment is compared with many positions)."""
+        if self._xy is None or self._xy[0] != id(frame):
+            self._xy = (id(frame), frame.to_xy(self.coords))
+        return self._xy[1]
 
 
 @dataclass
@@ -109,6 +127,7 @@ class SegmentBuilder:
         self.blocks: set[tuple[int, int]] = set()
         self.result = SegmentResult()
         self.assign: list[dict[str, Any]] = []
+        self._ids = db.id_allocator(conn, db.t.segments)
         self._new_boxes: list[tuple[float, float, float, float]] = []
 
     # -- index ----------------------------------------------------------------------------------
@@ -152,8 +171,12 @@ class SegmentBuilder:
     def _match(self, frame: LocalFrame, lon: float, lat: float, x: float, y: float,
                heading: float) -> SegState | None:
         best: tuple[float, SegState] | None = None
+        box = _expand(lon, lat, self.cfg.match_m)
         for st in self.near(lon, lat, self.cfg.match_m):
-            xy = frame.to_xy(st.coords)
+            b = st.bbox()
+            if b[0] > box[2] or b[2] < box[0] or b[1] > box[3] or b[3] < box[1]:
+                continue
+            xy = st.xy(frame)
             dist, along, bearing = point_on_line(xy, x, y)
             if dist > self.cfg.match_m or along < -0.01 or along > _length(xy) + 0.01:
                 continue
@@ -206,14 +229,14 @@ class SegmentBuilder:
                       and (ts - b.last_ts).total_seconds() <= self.cfg.max_gap_s)
         if gap_ok and b.open_id is not None and b.open_id == b.last_segment_id:
             seg = self.states[b.open_id]
-            xy = np.vstack([frame.to_xy(seg.coords), [[x, y]]])
+            xy = np.vstack([seg.xy(frame), [[x, y]]])
         elif gap_ok:
             assert b.last is not None
             if b.open_id is not None:
                 self._close(b.open_id)
             start = frame.to_xy(np.array([b.last]))[0]
             if b.last_segment_id is not None and b.last_segment_id in self.states:
-                prev = frame.to_xy(self.states[b.last_segment_id].coords)
+                prev = self.states[b.last_segment_id].xy(frame)
                 _, along, _ = point_on_line(prev, x, y)
                 if along > _length(prev):
                     start = prev[-1]        # chain on from the end of the segment just left
@@ -237,34 +260,37 @@ class SegmentBuilder:
     def _extend(self, seg: SegState, xy: FloatArray, frame: LocalFrame, device: str, ts: datetime) -> SegState:
         """Give ``seg`` the track ``xy`` (metres), cutting a new segment every ``length_m``."""
         length = self.cfg.length_m
+        if _length(xy) < length and len(seg.coords) == len(xy) - 1:
+            # the common case, one more position on the open segment: convert only the new point
+            coords = np.vstack([seg.coords, frame.to_lonlat(xy[-1:])])
+            self._update(seg, coords, complete=False, xy=(frame, xy))
+            return seg
         while _length(xy) >= length:
             line = LineString(xy)
             head = np.asarray(substring(line, 0, length).coords)
             tail = np.asarray(substring(line, length, line.length).coords)
-            self._update(seg, frame.to_lonlat(head), complete=True)
+            self._update(seg, frame.to_lonlat(head), complete=True, xy=(frame, head))
             if len(tail) < 2 or _length(tail) < 1e-6:
                 return seg
             seg = self._create(device, frame.to_lonlat(tail), ts)
             xy = tail
-        self._update(seg, frame.to_lonlat(xy), complete=False)
+        self._update(seg, frame.to_lonlat(xy), complete=False, xy=(frame, xy))
         return seg
 
     def _create(self, device: str, coords: FloatArray, ts: datetime) -> SegState:
-        s = self.t.segments
-        sid = int(self.conn.execute(s.insert().returning(s.c.id), {
-            "geom": line_wkt(coords), "length_m": 0.0, "heading_deg": 0.0, "complete": False, "device_id": device,
-            "first_seen": ts, "last_seen": ts, "survey_width_m": 0.0, "area_m2": 0.0,
-            "updated_at": self.now}).scalar_one())
-        st = SegState(sid, coords, False, dirty=True)
+        sid = self._ids()
+        st = SegState(sid, coords, False, dirty=True, new=True, device_id=device, first_seen=ts)
         self.states[sid] = st
         self._index(st)
         self.result.created += 1
         self.result.touched.add(sid)
         return st
 
-    def _update(self, st: SegState, coords: FloatArray, *, complete: bool) -> None:
+    def _update(self, st: SegState, coords: FloatArray, *, complete: bool,
+                xy: tuple[LocalFrame, FloatArray] | None = None) -> None:
         self._unindex(st)
-        st.coords, st.complete, st.dirty = coords, complete, True
+        st.set_coords(coords, xy)
+        st.complete, st.dirty = complete, True
         self._index(st)
         self.result.touched.add(st.id)
 
@@ -303,14 +329,6 @@ class SegmentBuilder:
             index_elements=["device_id"], set_={k: ins.excluded[k] for k in values if k != "device_id"}), values)
 
     def _write(self) -> None:
-        m = self.t.detection_messages
-        if self.assign:
-            # a position placed twice in one run (first unplaced, then the start of a segment): last wins
-            final: dict[int, int | None] = {}
-            for a in self.assign:
-                final[a["mid"]] = a["sid"]
-            self.conn.execute(update(m).where(m.c.id == bindparam("mid")).values(
-                segment_id=bindparam("sid"), segment_state=1), [{"mid": k, "sid": v} for k, v in final.items()])
         dirty = [st for st in self.states.values() if st.dirty]
         if dirty:
             rows = []
@@ -325,8 +343,25 @@ class SegmentBuilder:
                              "max_lat": box[3], "updated_at": self.now})
                 self._new_boxes.append(box)
             s = self.t.segments
-            self.conn.execute(update(s).where(s.c.id == bindparam("sid")).values(
-                {k: bindparam(k) for k in rows[0] if k != "sid"}), rows)
+            new = {st.id: st for st in dirty if st.new}
+            if new:
+                self.conn.execute(s.insert(), [
+                    {**{k: v for k, v in r.items() if k != "sid"}, "id": r["sid"],
+                     "device_id": new[r["sid"]].device_id, "first_seen": new[r["sid"]].first_seen,
+                     "last_seen": new[r["sid"]].first_seen, "survey_width_m": 0.0, "area_m2": 0.0}
+                    for r in rows if r["sid"] in new])
+            old = [r for r in rows if r["sid"] not in new]
+            if old:
+                self.conn.execute(update(s).where(s.c.id == bindparam("sid")).values(
+                    {k: bindparam(k) for k in old[0] if k != "sid"}), old)
+        m = self.t.detection_messages
+        if self.assign:
+            # a position placed twice in one run (first unplaced, then the start of a segment): last wins
+            final: dict[int, int | None] = {}
+            for a in self.assign:
+                final[a["mid"]] = a["sid"]
+            self.conn.execute(update(m).where(m.c.id == bindparam("mid")).values(
+                segment_id=bindparam("sid"), segment_state=1), [{"mid": k, "sid": v} for k, v in final.items()])
         if self._new_boxes:
             b = np.array(self._new_boxes)
             self.result.new_bbox = (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()),

@@ -170,6 +170,7 @@ class MqttReceiver:
             self.last_error = f"subscription refused: {', '.join(bad)} (does the broker support shared subscriptions?)"
             log.error("MQTT: %s", self.last_error)
         else:
+            log.info("MQTT: subscribed to %d filters", len(self.topics))
             self.subscribed.set()
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any,

@@ -46,6 +46,17 @@ def point_wkt(lon: float, lat: float) -> str:
     return f"POINT({lon:.8f} {lat:.8f})"
 
 
+BORDER_PX = 3   # skeleton ends stop a pixel or two short of the border they cross
+
+
+def clipped(polyline: list[tuple[int, int]], width: int, height: int) -> bool:
+    """Does an end of the polyline touch the frame border (the crack goes on outside the frame)?"""
+    if not polyline:
+        return False
+    return any(u < BORDER_PX or v < BORDER_PX or u >= width - BORDER_PX or v >= height - BORDER_PX
+               for u, v in (polyline[0], polyline[-1]))
+
+
 def placeable(msg: DetectionMessage) -> bool:
     d = msg.detection
     p = d.position
@@ -91,11 +102,10 @@ def detection_rows(batch: list[tuple[DetectionMessage, datetime]]) -> DetectionR
                    "first_sighting": c.first_sighting, "type": c.type, "severity": c.severity,
                    "length_m": c.length_m, "width_mean_mm": c.width_mean_mm, "width_max_mm": c.width_max_mm,
                    "area_m2": c.area_m2, "orientation_deg": c.orientation_deg, "confidence": c.confidence,
-                   "geom": None}
+                   "clipped": clipped(c.polyline_px, d.frame.width, d.frame.height), "geom": None}
             if place and c.polyline_px and cam is not None:
                 assert p.lat is not None and p.lon is not None and p.heading_deg is not None
-                handle = geo.add([list(pt) for pt in c.polyline_px], d.frame.width, d.frame.height, cam, p.lat,
-                                 p.lon, p.heading_deg)
+                handle = geo.add(c.polyline_px, d.frame.width, d.frame.height, cam, p.lat, p.lon, p.heading_deg)
                 pending.append((row, handle))
             rows.append(row)
         observations[d.msg_id] = rows

@@ -28,6 +28,7 @@ from office.errors import OfficeError
 from office.ingest.rows import Incoming, detection_rows, history_row, quarantine_row, snapshot_row
 from office.messages import DetectionMessage, JsonMessage, Quarantine, SnapshotMessage
 from office.store.database import Database, dumps
+from office.store.pg_bulk import copy_detections
 
 log = logging.getLogger(__name__)
 
@@ -129,16 +130,20 @@ class BatchWriter:
 
         if dets:
             rows = detection_rows([dets[k] for k in sorted(dets)])
-            stmt = self.db.insert_ignore(t.detection_messages, "msg_id").returning(t.detection_messages.c.id,
-                                                                                   t.detection_messages.c.msg_id)
-            new = {mid: rid for rid, mid in conn.execute(stmt, rows.messages).all()}
-            obs = []
-            for mid, rid in new.items():
-                for row in rows.observations[mid]:
-                    row["message_id"] = rid
-                    obs.append(row)
-            if obs:
-                conn.execute(t.crack_observations.insert(), obs)
+            if self.db.is_postgres:
+                staged = [dict(row, msg_id=mid) for mid, obs_rows in rows.observations.items() for row in obs_rows]
+                new, _ = copy_detections(conn, t, rows.messages, staged)
+            else:
+                stmt = self.db.insert_ignore(t.detection_messages, "msg_id").returning(
+                    t.detection_messages.c.id, t.detection_messages.c.msg_id)
+                new = {mid: rid for rid, mid in conn.execute(stmt, rows.messages).all()}
+                obs = []
+                for mid, rid in new.items():
+                    for row in rows.observations[mid]:
+                        row["message_id"] = rid
+                        obs.append(row)
+                if obs:
+                    conn.execute(t.crack_observations.insert(), obs)
             out.detections += len(new)
             out.stored += len(new)
             out.duplicates += len(rows.messages) - len(new)

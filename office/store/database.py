@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, exc, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, exc, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.sql import Insert
@@ -202,6 +202,9 @@ class Database:
         """A dialect ``insert`` that has ``on_conflict_do_update`` (and ``.excluded``)."""
         return postgresql.insert(table) if self.is_postgres else sqlite.insert(table)
 
+    def id_allocator(self, conn: Connection, table: Table) -> IdAllocator:
+        return IdAllocator(conn, table, self.is_postgres)
+
     def analysis_config(self, conn: Connection) -> AnalysisConfig:
         raw = conn.execute(select(self.t.meta.c.value).where(self.t.meta.c.key == "analysis")).scalar_one_or_none()
         return AnalysisConfig.model_validate_json(raw) if raw else AnalysisConfig()
@@ -209,6 +212,34 @@ class Database:
     def set_analysis_config(self, conn: Connection, cfg: AnalysisConfig) -> None:
         conn.execute(self.t.meta.delete().where(self.t.meta.c.key == "analysis"))
         conn.execute(self.t.meta.insert(), {"key": "analysis", "value": cfg.model_dump_json()})
+
+
+class IdAllocator:
+    """Ids for rows the refresh step creates, handed out before the rows are written, so a run can
+    refer to a new crack or segment at once and still insert them all in one statement at its end.
+
+    Safe only under the refresh lock (the refresh step is the only writer of those tables):
+    PostgreSQL draws from the column's sequence in blocks; SQLite counts on from MAX(id).
+    """
+
+    BLOCK = 256
+
+    def __init__(self, conn: Connection, table: Table, postgres: bool):
+        self.conn, self.table, self.postgres = conn, table, postgres
+        self._free: list[int] = []
+        self._next: int | None = None
+
+    def __call__(self) -> int:
+        if self.postgres:
+            if not self._free:
+                self._free = [int(r[0]) for r in self.conn.execute(
+                    text("SELECT nextval(pg_get_serial_sequence(:t, 'id')) FROM generate_series(1, :n)"),
+                    {"t": self.table.name, "n": self.BLOCK})][::-1]
+            return self._free.pop()
+        if self._next is None:
+            self._next = int(self.conn.execute(select(func.coalesce(func.max(self.table.c.id), 0))).scalar_one()) + 1
+        value, self._next = self._next, self._next + 1
+        return value
 
 
 def _sqlite_setup(engine: Engine) -> None:

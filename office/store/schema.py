@@ -134,6 +134,8 @@ def build_tables(dialect: str) -> Tables:
         Column("area_m2", Float, nullable=False),
         Column("orientation_deg", Float, nullable=False),
         Column("confidence", Float),
+        Column("clipped", Boolean, nullable=False, comment="an end of its polyline touches the frame border: "
+                                                           "only part of the crack was in view"),
         Column("geom", line, comment="the crack's line in this frame, WGS84; null when it could not be placed"),
         Column("crack_id", BigInteger, comment="inventory crack (refresh step); null = not merged yet"),
         Index("ix_crack_observations_crack", "crack_id"),
