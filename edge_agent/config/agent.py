@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import socket
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from edge_agent.config.base import ConfigSection
 from edge_agent.config.camera import CameraConfig
 from edge_agent.config.measurement import MeasurementConfig
 from edge_agent.config.mqtt import MqttConfig
@@ -34,10 +35,8 @@ def _default_device_id() -> str:
     return name[:64].lstrip("_.-") or "edge"
 
 
-class AgentConfig(BaseModel):
+class AgentConfig(ConfigSection):
     """Everything the agent needs to run on one vehicle computer."""
-
-    model_config = ConfigDict(extra="forbid")
 
     device_id: str = Field(default_factory=_default_device_id, description="unique per vehicle; an MQTT topic "
                                                                            "level")

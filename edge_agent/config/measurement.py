@@ -5,21 +5,27 @@ distance that converts pixels to millimetres, which image axis is the direction 
 noise filtering, the severity thresholds and the cross-frame tracking options. Defaults follow
 ASTM D6433 (asphalt) so that a fresh install reports severities an inspector recognises; the GSD
 default (1 mm/px) is only a placeholder and must be calibrated per camera mount
-(docs/measurement.md explains how).
+(docs/measurement.md explains how). Upper bounds refuse numbers that are surely typos (a GSD
+of a metre per pixel, a crack wider than a lane) before they silently drop every detection.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from edge_agent.config.base import MAX_PIXELS, MAX_TIMEOUT_S, ConfigSection
+
+MAX_GSD_MM_PER_PX = 1000.0  # a metre per pixel: no crack is visible long before that
+MAX_MM = 10_000.0  # 10 m: wider than a lane, longer than any one crack in one frame
 
 TravelAxis = Literal["vertical", "horizontal"]
 ImageMotion = Literal["down", "up", "left", "right"]
 WidthStatistic = Literal["mean", "max"]
 
 
-class SeverityConfig(BaseModel):
+class SeverityConfig(ConfigSection):
     """Width thresholds of the severity levels.
 
     ASTM D6433 (longitudinal/transverse cracking in asphalt): low when the mean width is below
@@ -28,10 +34,8 @@ class SeverityConfig(BaseModel):
     maximum of a segmentation mask is dominated by junctions, spalled corners and mask blobs.
     """
 
-    model_config = ConfigDict(extra="forbid")
-
-    low_below_mm: float = Field(10.0, gt=0, description="widths below this are 'low'")
-    high_above_mm: float = Field(75.0, gt=0, description="widths above this are 'high'; in between 'medium'")
+    low_below_mm: float = Field(10.0, gt=0, le=MAX_MM, description="widths below this are 'low'")
+    high_above_mm: float = Field(75.0, gt=0, le=MAX_MM, description="widths above this are 'high'; in between 'medium'")
     width_statistic: WidthStatistic = Field("mean", description="which crack width the thresholds apply to")
 
     @model_validator(mode="after")
@@ -42,23 +46,21 @@ class SeverityConfig(BaseModel):
         return self
 
 
-class ClassificationConfig(BaseModel):
+class ClassificationConfig(ConfigSection):
     """How a crack's type is decided from its skeleton and principal axis."""
-
-    model_config = ConfigDict(extra="forbid")
 
     longitudinal_max_deg: float = Field(30.0, ge=0, le=90, description=(
         "a crack whose principal axis is within this angle of the travel axis is longitudinal"))
     transverse_min_deg: float = Field(60.0, ge=0, le=90, description=(
         "a crack whose principal axis is at least this far from the travel axis is transverse; "
         "between the two: diagonal"))
-    alligator_min_loops: int = Field(2, ge=1, description=(
+    alligator_min_loops: int = Field(2, ge=1, le=10_000, description=(
         "closed cells (holes in the crack) that make a crack network 'alligator'"))
-    alligator_min_loop_area_mm2: float = Field(100.0, ge=0, description=(
+    alligator_min_loop_area_mm2: float = Field(100.0, ge=0, le=MAX_MM**2, description=(
         "holes smaller than this are mask noise, not cells of a network"))
-    alligator_min_branches: int = Field(4, ge=1, description=(
+    alligator_min_branches: int = Field(4, ge=1, le=10_000, description=(
         "branch points that, together with alligator_min_density, make a crack 'alligator'"))
-    alligator_min_density: float = Field(2.0, gt=0, description=(
+    alligator_min_density: float = Field(2.0, gt=0, le=1000, description=(
         "skeleton length / bounding-box diagonal from which a branched crack counts as a network "
         "(1.0 for a straight line)"))
 
@@ -70,7 +72,7 @@ class ClassificationConfig(BaseModel):
         return self
 
 
-class TrackingConfig(BaseModel):
+class TrackingConfig(ConfigSection):
     """Reporting each crack once while it crosses the frame.
 
     The expected image shift between two frames comes from GPS speed x frame interval / GSD
@@ -78,39 +80,35 @@ class TrackingConfig(BaseModel):
     matches. Cracks are then matched by overlap of the shifted bounding boxes.
     """
 
-    model_config = ConfigDict(extra="forbid")
-
     enabled: bool = True
     image_motion: ImageMotion | None = Field(None, description=(
         "direction the road surface moves in the image while driving forward; null = 'down' for "
         "a vertical travel axis (top of the image is ahead), 'right' for a horizontal one"))
     min_iou: float = Field(0.1, gt=0, le=1, description="bounding-box overlap that makes two sightings one crack")
-    margin_px: int = Field(8, ge=0, description=(
+    margin_px: int = Field(8, ge=0, le=10_000, description=(
         "pixels added around boxes before matching: absorbs speed/GSD error and partly visible cracks"))
-    max_missed_frames: int = Field(3, ge=0, description=(
+    max_missed_frames: int = Field(3, ge=0, le=100_000, description=(
         "a track not seen for more frames than this ends (missed detections in between are bridged)"))
-    max_gap_s: float = Field(2.0, gt=0, description="a track not seen for longer than this ends")
+    max_gap_s: float = Field(2.0, gt=0, le=MAX_TIMEOUT_S, description="a track not seen for longer than this ends")
 
 
-class MeasurementConfig(BaseModel):
+class MeasurementConfig(ConfigSection):
     """From a crack mask to lengths, widths, types and severities in real units."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    gsd_mm_per_px: float = Field(1.0, gt=0, description=(
+    gsd_mm_per_px: float = Field(1.0, gt=0, le=MAX_GSD_MM_PER_PX, description=(
         "ground sampling distance: millimetres of road per image pixel (calibrate per mount; "
         "docs/measurement.md)"))
-    gsd_x_mm_per_px: float | None = Field(None, gt=0, description="horizontal GSD when it differs; null = "
-                                                                   "gsd_mm_per_px")
-    gsd_y_mm_per_px: float | None = Field(None, gt=0, description="vertical GSD when it differs; null = "
-                                                                  "gsd_mm_per_px")
+    gsd_x_mm_per_px: float | None = Field(None, gt=0, le=MAX_GSD_MM_PER_PX,
+                                          description="horizontal GSD when it differs; null = gsd_mm_per_px")
+    gsd_y_mm_per_px: float | None = Field(None, gt=0, le=MAX_GSD_MM_PER_PX,
+                                          description="vertical GSD when it differs; null = gsd_mm_per_px")
     travel_axis: TravelAxis = Field("vertical", description=(
         "image axis along the direction of travel: longitudinal cracks run along it"))
     gap_close_px: int = Field(2, ge=0, le=15, description=(
         "gaps up to this many pixels inside one crack are bridged before splitting into cracks"))
-    min_length_mm: float = Field(50.0, ge=0, description="shorter cracks are dropped as noise")
-    max_cracks_per_frame: int = Field(50, ge=1, description="the longest cracks of a frame are kept")
-    polyline_epsilon_px: float = Field(2.0, ge=0, description=(
+    min_length_mm: float = Field(50.0, ge=0, le=MAX_MM, description="shorter cracks are dropped as noise")
+    max_cracks_per_frame: int = Field(50, ge=1, le=100_000, description="the longest cracks of a frame are kept")
+    polyline_epsilon_px: float = Field(2.0, ge=0, le=MAX_PIXELS, description=(
         "Douglas-Peucker tolerance of the reported polyline (0 = every skeleton pixel)"))
     severity: SeverityConfig = Field(default_factory=SeverityConfig)
     classification: ClassificationConfig = Field(default_factory=ClassificationConfig)

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from edge_agent.config.base import MAX_AGE_S, ConfigSection, path_exists
 from edge_agent.config.sections import ByteCount, ConfigPath
 from edge_agent.errors import UserError
 
@@ -27,10 +28,8 @@ class MqttCredentialError(UserError, ValueError):
     """The broker password could not be read; the message names the source and the fix."""
 
 
-class TlsConfig(BaseModel):
+class TlsConfig(ConfigSection):
     """TLS material. With no ``ca_file`` the system's CA store verifies the broker."""
-
-    model_config = ConfigDict(extra="forbid")
 
     ca_file: ConfigPath | None = Field(None, description="PEM CA bundle that signed the broker's certificate")
     cert_file: ConfigPath | None = Field(None, description="client certificate (PEM) for mutual TLS")
@@ -43,25 +42,24 @@ class TlsConfig(BaseModel):
             raise ValueError("tls.cert_file and tls.key_file go together: set both for mutual TLS, or neither")
         for name in ("ca_file", "cert_file", "key_file"):
             path = getattr(self, name)
-            if path is not None and not Path(path).is_file():
+            if path is not None and not path_exists(Path(path), file=True):
                 raise ValueError(f"tls.{name} not found: {path} (fix the path or install the file)")
         return self
 
 
-class OutboxConfig(BaseModel):
+class OutboxConfig(ConfigSection):
     """Bounds of the on-disk store-and-forward queue for detections.
 
     Bounded so that a week without network cannot fill the SD card: past a bound the oldest
     messages are dropped and counted (``dropped`` in health), never the newest.
     """
 
-    model_config = ConfigDict(extra="forbid")
-
     path: ConfigPath | None = Field(None, description=f"SQLite file; null = <state_dir>/{OUTBOX_FILENAME}")
-    max_messages: int = Field(200_000, ge=1, description="oldest dropped beyond this many queued messages")
+    max_messages: int = Field(200_000, ge=1, le=100_000_000, description="oldest dropped beyond this many queued "
+                                                                         "messages")
     max_bytes: ByteCount = Field(256 * 1024**2, description="oldest dropped beyond this many payload bytes "
                                                             "(e.g. 256M)")
-    max_age_s: float = Field(7 * 24 * 3600.0, gt=0, description="messages older than this are dropped")
+    max_age_s: float = Field(7 * 24 * 3600.0, gt=0, le=MAX_AGE_S, description="messages older than this are dropped")
     inflight: int = Field(100, ge=1, le=65000, description="most unacknowledged messages handed to the MQTT "
                                                             "client at once")
 
@@ -70,10 +68,8 @@ class OutboxConfig(BaseModel):
         return Path(self.path) if self.path is not None else Path(state_dir) / OUTBOX_FILENAME
 
 
-class MqttConfig(BaseModel):
+class MqttConfig(ConfigSection):
     """How the agent talks to the broker."""
-
-    model_config = ConfigDict(extra="forbid")
 
     url: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host[:port] or mqtts://host[:port] (TLS)")
     protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version")
@@ -89,8 +85,8 @@ class MqttConfig(BaseModel):
     password_env: str | None = Field(None, min_length=1, description="environment variable holding the password")
     password_credential: str | None = Field(None, min_length=1,
                                             description="systemd credential name ($CREDENTIALS_DIRECTORY/<name>)")
-    health_expiry_s: int | None = Field(300, ge=1, description="MQTT 5 message expiry of health reports; null = "
-                                                                "never expire")
+    health_expiry_s: int | None = Field(300, ge=1, le=2**32 - 1, description="MQTT 5 message expiry of health "
+                                                                              "reports; null = never expire")
     snapshot_format: Literal["auto", "jpeg", "base64"] = Field(
         "auto", description="jpeg = raw bytes (metadata in MQTT 5 user properties), base64 = JSON envelope; "
                             "auto = jpeg on MQTT 5, base64 on 3.1.1")
@@ -160,7 +156,8 @@ def parse_broker_url(url: str) -> tuple[str, str, int]:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise ValueError(f"broker url '{url}' is invalid ({exc}); write mqtt://host:1883 or mqtts://host:8883") from None
+        raise ValueError(f"broker url '{url}' is invalid ({exc}); write mqtt://host:1883 or "
+                         "mqtts://host:8883") from None
     if parts.scheme not in DEFAULT_PORTS:
         raise ValueError(f"broker url '{url}' must start with mqtt:// or mqtts:// (TLS)")
     if not parts.hostname:

@@ -13,18 +13,18 @@ error, not a silently ignored line)::
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from edge_agent.config.base import MAX_TIMEOUT_S, ConfigSection
 
 
-class _Reconnecting(BaseModel):
+class _Reconnecting(ConfigSection):
     """Backoff shared by the receivers that can disappear (gpsd restarts, USB GPS unplugged)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    reconnect_initial_s: float = Field(0.5, gt=0, description="first wait after a lost connection")
-    reconnect_max_s: float = Field(30.0, gt=0, description="the wait doubles up to this")
+    reconnect_initial_s: float = Field(0.5, gt=0, le=MAX_TIMEOUT_S, description="first wait after a lost connection")
+    reconnect_max_s: float = Field(30.0, gt=0, le=MAX_TIMEOUT_S, description="the wait doubles up to this")
 
 
 class GpsdPositionConfig(_Reconnecting):
@@ -33,7 +33,7 @@ class GpsdPositionConfig(_Reconnecting):
     type: Literal["gpsd"]
     host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(2947, ge=1, le=65535)
-    connect_timeout_s: float = Field(5.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0, le=MAX_TIMEOUT_S)
 
 
 class NmeaPositionConfig(_Reconnecting):
@@ -41,42 +41,36 @@ class NmeaPositionConfig(_Reconnecting):
 
     type: Literal["nmea"]
     device: str = Field(min_length=1, description="serial device, e.g. /dev/ttyACM0, /dev/ttyUSB0, /dev/serial0")
-    baudrate: int = Field(9600, gt=0, description="4800 for old receivers, 9600 most, up to 115200")
+    baudrate: int = Field(9600, gt=0, le=4_000_000, description="4800 for old receivers, 9600 most, up to 115200")
     require_checksum: bool = Field(True, description="drop sentences without a '*hh' checksum")
 
 
-class FixedPositionConfig(BaseModel):
+class FixedPositionConfig(ConfigSection):
     """A fixed position: a test rig, a parked vehicle, or a camera on a pole."""
-
-    model_config = ConfigDict(extra="forbid")
 
     type: Literal["fixed"]
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
-    alt_m: float | None = None
+    alt_m: float | None = Field(None, ge=-1000, le=100_000, description="metres above sea level")
     heading_deg: float | None = Field(None, ge=0, lt=360)
-    speed_mps: float | None = Field(None, ge=0, description="constant speed reported (tracking on a test rig)")
+    speed_mps: float | None = Field(None, ge=0, le=200, description="constant speed reported (tracking on a test rig)")
 
 
-class NoPositionConfig(BaseModel):
+class NoPositionConfig(ConfigSection):
     """No position: cracks are reported without coordinates."""
-
-    model_config = ConfigDict(extra="forbid")
 
     type: Literal["none"] = "none"
 
 
 PositionProviderConfig = Annotated[
-    Union[GpsdPositionConfig, NmeaPositionConfig, FixedPositionConfig, NoPositionConfig],
+    GpsdPositionConfig | NmeaPositionConfig | FixedPositionConfig | NoPositionConfig,
     Field(discriminator="type"),
 ]
 
 
-class PositionConfig(BaseModel):
+class PositionConfig(ConfigSection):
     """Which receiver gives the vehicle position, and how old a fix may be before it is not used."""
 
-    model_config = ConfigDict(extra="forbid")
-
     provider: PositionProviderConfig = Field(default_factory=NoPositionConfig)
-    max_fix_age_s: float = Field(5.0, gt=0, description=(
+    max_fix_age_s: float = Field(5.0, gt=0, le=MAX_TIMEOUT_S, description=(
         "an older fix is reported as no fix: at 20 m/s a 5 s old position is already 100 m off"))

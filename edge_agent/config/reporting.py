@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from edge_agent.config.base import MAX_PIXELS, MAX_TIMEOUT_S, ConfigSection
 
 
-class SnapshotConfig(BaseModel):
+class SnapshotConfig(ConfigSection):
     """Rate-limited JPEG overlays on ``snapshots``: a picture for people, never for every frame."""
 
-    model_config = ConfigDict(extra="forbid")
-
     enabled: bool = False
-    min_interval_s: float = Field(10.0, ge=0.0, description="at most one snapshot per this many seconds")
+    min_interval_s: float = Field(10.0, ge=0.0, le=MAX_TIMEOUT_S, description="at most one snapshot per this "
+                                                                               "many seconds")
     only_with_cracks: bool = True
-    max_width: int = Field(960, ge=64, description="snapshots are downscaled to at most this width")
+    max_width: int = Field(960, ge=64, le=MAX_PIXELS, description="snapshots are downscaled to at most this width")
     jpeg_quality: int = Field(80, ge=10, le=100)
 
 
-class ReportingConfig(BaseModel):
+class ReportingConfig(ConfigSection):
     """Per-frame reporting choices."""
-
-    model_config = ConfigDict(extra="forbid")
 
     every_frame: bool = Field(False, description="publish a detections message for every frame, also those "
                                                  "without cracks (survey coverage proof); default: only frames "
                                                  "with at least one crack")
-    max_cracks_per_message: int = Field(200, ge=1, description="cracks beyond this are counted, not listed")
+    max_cracks_per_message: int = Field(200, ge=1, le=100_000, description="cracks beyond this are counted, not listed")
     snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig)

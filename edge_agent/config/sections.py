@@ -7,6 +7,7 @@ setting discovered after a day of survey driving.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -14,14 +15,13 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     field_validator,
     model_validator,
 )
 
+from edge_agent.config.base import MAX_TIMEOUT_S, ConfigSection, path_exists
 from edge_agent.detectors.backends.providers import PROVIDER_NAMES
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -39,16 +39,21 @@ def parse_byte_size(value: object) -> object:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, (int, float)):
-        return int(value)
-    if isinstance(value, str):
+        number: float = value
+    elif isinstance(value, str):
         m = _SIZE_RE.match(value)
         if not m:
-            raise ValueError(f"'{value}' is not a size: write e.g. 512M, 1.5G or a number of bytes")
-        return int(float(m.group(1)) * _SIZE_FACTORS[m.group(2).lower()])
-    return value
+            raise ValueError(f"'{value[:40]}' is not a size: write e.g. 512M, 1.5G or a number of bytes")
+        number = float(m.group(1)) * _SIZE_FACTORS[m.group(2).lower()]
+    else:
+        return value
+    if isinstance(number, float) and not math.isfinite(number):  # int(inf) raises OverflowError, not a config error
+        raise ValueError(f"'{str(value)[:40]}' is not a finite size: write e.g. 512M, 1.5G or a number of bytes")
+    return int(number)
 
 
-ByteCount = Annotated[int, BeforeValidator(parse_byte_size), Field(gt=0)]
+MAX_BYTES = 1024**4  # 1 TiB: more than any disk or memory budget on a vehicle computer
+ByteCount = Annotated[int, BeforeValidator(parse_byte_size), Field(gt=0, le=MAX_BYTES)]
 
 
 def expand_path(value: object) -> object:
@@ -76,15 +81,13 @@ def _provider_name(p: str) -> str:
 ProviderName = Annotated[str, AfterValidator(_provider_name)]
 
 
-class ModelConfig(BaseModel):
+class ModelConfig(ConfigSection):
     """Which crack model runs and how.
 
     ``path: null`` means the reference bundle shipped inside the package, so a fresh install
     works before any model is deployed. Relative paths in the YAML are relative to the
     config file's folder.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     path: ConfigPath | None = Field(None, description="model .onnx/.tflite, bundle folder or archive; null = "
                                                       "the shipped reference bundle")
@@ -107,7 +110,7 @@ class ModelConfig(BaseModel):
     @field_validator("path")
     @classmethod
     def _model_exists(cls, v: Path | None) -> Path | None:
-        if v is not None and not v.exists():
+        if v is not None and not path_exists(v):
             raise ValueError(f"model file not found: {v} (deploy the model there, fix the path, or write "
                              "'path: null' for the shipped reference model)")
         return v
@@ -126,7 +129,7 @@ class ModelConfig(BaseModel):
     @field_validator("public_key_file")
     @classmethod
     def _key_exists(cls, v: Path | None) -> Path | None:
-        if v is not None and not v.is_file():
+        if v is not None and not path_exists(v, file=True):
             raise ValueError(f"public key file not found: {v}")
         return v
 
@@ -145,26 +148,23 @@ class ModelConfig(BaseModel):
         return [PROVIDER_NAMES.get(p, p) for p in self.providers]
 
 
-class HealthConfig(BaseModel):
+class HealthConfig(ConfigSection):
     """When the agent counts as alive, how often it reports, and its memory budget.
 
     "Camera stalled" for ``/ready`` reuses ``camera.stall_timeout_s`` (the age after which the
     source is reopened), so there is one number for one idea.
     """
 
-    model_config = ConfigDict(extra="forbid")
-
     interval_s: float = Field(30.0, ge=1.0, le=3600.0, description="health message period over MQTT")
-    heartbeat_timeout_s: float = Field(15.0, gt=0.0, description="/health fails when the processing loop has "
-                                                                  "not completed a frame for this long")
+    heartbeat_timeout_s: float = Field(15.0, gt=0.0, le=MAX_TIMEOUT_S, description="/health fails when the "
+                                                                                   "processing loop has not "
+                                                                                   "completed a frame for this long")
     memory_limit: ByteCount | None = Field(None, description="soft RSS limit (512M, 1G): warn and stop accepting "
                                                              "frames beyond it (MEMORY_LIMIT)")
 
 
-class HttpConfig(BaseModel):
+class HttpConfig(ConfigSection):
     """Local health/metrics endpoints. Loopback by default: nothing on the vehicle LAN sees them."""
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
     host: str = Field("127.0.0.1", min_length=1, description="bind address; 0.0.0.0 exposes the endpoints to the "
@@ -172,10 +172,8 @@ class HttpConfig(BaseModel):
     port: int = Field(8787, ge=0, le=65535, description="0 picks a free port (tests)")
 
 
-class LoggingConfig(BaseModel):
+class LoggingConfig(ConfigSection):
     """Log verbosity; the output goes to stderr, which systemd sends to the journal."""
-
-    model_config = ConfigDict(extra="forbid")
 
     level: LogLevel = "INFO"
 

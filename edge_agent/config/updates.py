@@ -16,23 +16,23 @@ command could otherwise make the device read any of its files::
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from edge_agent.config.base import Age, ConfigSection, Seconds, path_exists
 from edge_agent.config.sections import ByteCount, ConfigPath
 
 KEY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
-class CommandKeyConfig(BaseModel):
+class CommandKeyConfig(ConfigSection):
     """One Ed25519 public key allowed to sign commands, named by the ``key_id`` commands carry.
 
     Several keys (e.g. the back office and a field laptop, or an old and a new key while
     rotating) can be trusted at once; removing one revokes it.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     key_id: str = Field(description="name the signer puts in the command's key_id field")
     file: ConfigPath | None = Field(None, description="PEM public key file")
@@ -47,8 +47,8 @@ class CommandKeyConfig(BaseModel):
 
     @field_validator("file")
     @classmethod
-    def _file_exists(cls, v):  # noqa: ANN001, ANN206 - pydantic validator
-        if v is not None and not v.is_file():
+    def _file_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not path_exists(v, file=True):
             raise ValueError(f"command public key file not found: {v}")
         return v
 
@@ -59,29 +59,27 @@ class CommandKeyConfig(BaseModel):
         return self
 
 
-class UpdatesConfig(BaseModel):
+class UpdatesConfig(ConfigSection):
     """How a device accepts, checks, switches to and watches a new model."""
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(False, description="accept model-update / model-chunk commands and manage "
                                              "<state_dir>/models")
     max_bundle_bytes: ByteCount = Field(256 * 1024**2, description="largest bundle archive accepted (download "
                                                                    "or chunked transfer)")
-    download_timeout_s: float = Field(600.0, gt=0, description="a download taking longer is abandoned")
+    download_timeout_s: Seconds = Field(600.0, gt=0, description="a download taking longer is abandoned")
     allowed_url_schemes: list[Literal["http", "https", "file"]] = Field(
         default_factory=lambda: ["https", "http"], min_length=1,
         description="URL schemes model-update may use; the sha256 in the command and the bundle hashes "
                     "protect the content over plain http too. file needs file_root")
     file_root: ConfigPath | None = Field(None, description="the only folder file:// URLs may read (e.g. a USB "
                                                            "stick's mount point); no '..', no symlink out of it")
-    watch_window_s: float = Field(300.0, gt=0, description="after a switch, the new model is watched this long "
+    watch_window_s: Seconds = Field(300.0, gt=0, description="after a switch, the new model is watched this long "
                                                            "and rolled back if it fails")
     max_consecutive_inference_errors: int = Field(5, ge=1, description="this many failed frames in a row during "
                                                                        "the watch window roll back")
     min_fps_fraction: float = Field(0.5, gt=0.0, le=1.0, description="processed fps below this fraction of the "
                                                                      "fps before the update rolls back")
-    fps_settle_s: float = Field(30.0, gt=0, description="frame rate is judged only this long after the switch "
+    fps_settle_s: Seconds = Field(30.0, gt=0, description="frame rate is judged only this long after the switch "
                                                         "(the fps meter averages over 10 s)")
     max_restarts_while_watching: int = Field(2, ge=1, description="the agent restarting this often during the "
                                                                   "watch window (crash, watchdog) rolls back")
@@ -101,7 +99,7 @@ class UpdatesConfig(BaseModel):
     chunk_max_bytes: ByteCount = Field(256 * 1024, description="largest decoded payload of one model-chunk "
                                                                "command (keep it under the broker's "
                                                                "message_size_limit)")
-    transfer_max_age_s: float = Field(3600.0, gt=0, description="an incomplete chunked transfer that got no chunk "
+    transfer_max_age_s: Age = Field(3600.0, gt=0, description="an incomplete chunked transfer that got no chunk "
                                                                 "for this long is deleted")
     max_open_transfers: int = Field(2, ge=1, description="incomplete chunked transfers kept at once; a chunk of "
                                                          "another transfer is refused (model-chunk-abort ends one)")
