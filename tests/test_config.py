@@ -262,3 +262,16 @@ def test_model_public_key_from_credential_or_file(tmp_path: Path):
     key = tmp_path / "k.pub"
     key.write_text("pem")
     assert model_public_key(ModelConfig(public_key_file=key), {}) == key
+
+
+def test_names_moved_out_of_loader_still_import_from_it():
+    """edge_agent/cli.py, agent/app.py, updates/ and demo.py import these from the loader module."""
+    from edge_agent.config import check, errors, secrets
+    from edge_agent.config import loader as old
+
+    assert old.load_config is load_config and old.ConfigError is ConfigError and old.SecretError is SecretError
+    assert old.check_config_main is check.check_config_main is check_config_main
+    assert old.model_public_key is secrets.model_public_key and old.credential_path is secrets.credential_path
+    assert old.read_secret is read_secret and old.ConfigIssue is errors.ConfigIssue
+    with pytest.raises(AttributeError):
+        old.no_such_name  # noqa: B018

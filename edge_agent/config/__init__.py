@@ -8,16 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge_agent.config.loader import (
-    ConfigError,
-    ConfigIssue,
-    SecretError,
-    check_config_main,
-    credential_path,
-    load_config,
-    model_public_key,
-    read_secret,
-)
+from edge_agent.config.check import check_config_main
+from edge_agent.config.errors import ConfigError, ConfigIssue, SecretError
+from edge_agent.config.loader import load_config
+from edge_agent.config.secrets import credential_path, model_public_key, read_secret
 from edge_agent.config.sections import (
     HealthConfig,
     HttpConfig,
