@@ -13,10 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
-
-from edge_agent.config.errors import ConfigIssue
-from edge_agent.config.yaml_lines import KeyPath, format_key_path
+from edge_agent.config.errors import ConfigError, ConfigIssue
+from edge_agent.config.yaml_lines import KeyPath, format_key_path, parse_yaml
 
 ENV_PREFIX = "CRACKSEG_"
 # CRACKSEG_* variables that are not config keys.
@@ -41,13 +39,17 @@ LEGACY_ENV: dict[str, tuple[str, ...]] = {
 Override = tuple[KeyPath, Any, str]  # (key path, value, where it came from)
 
 
-def env_value(raw: str) -> Any:
-    """Variables are text; pydantic converts "2" / "true" itself. ``[a, b]`` is a YAML list."""
+def env_value(raw: str, source: str = "env") -> Any:
+    """Variables are text; pydantic converts "2" / "true" itself. ``[a, b]`` is a YAML list.
+
+    Lists and mappings go through the same bounded YAML reader as the file, so a variable
+    cannot smuggle in what the file may not hold (an alias bomb); ConfigError on bad YAML.
+    """
     text = raw.strip()
     if text == "" or text.lower() in ("null", "none", "~"):
         return None
     if text[0] in "[{":
-        return yaml.safe_load(text)
+        return parse_yaml(text, source)[0]
     return text
 
 
@@ -57,7 +59,11 @@ def environment_overrides(environ: Mapping[str, str]) -> tuple[list[Override], l
     issues: list[ConfigIssue] = []
     for name, path in LEGACY_ENV.items():
         if name in environ:
-            value = env_value(environ[name])
+            try:
+                value = env_value(environ[name], f"env {name}")
+            except ConfigError as exc:
+                issues.extend(_as_variable_issues(exc, name, path))
+                continue
             if name == "LOG_LEVEL" and isinstance(value, str):
                 value = value.upper()
             out.append((path, value, f"env {name}"))
@@ -80,13 +86,18 @@ def environment_overrides(environ: Mapping[str, str]) -> tuple[list[Override], l
                                                                "CRACKSEG_MQTT__HOST or CRACKSEG_DEVICE_ID"))
             continue
         try:
-            value = env_value(environ[name])
-        except yaml.YAMLError as exc:
-            issues.append(ConfigIssue(f"env {name}", None, format_key_path(parts),
-                                      f"not a valid YAML list/mapping: {' '.join(str(exc).split())}"))
+            value = env_value(environ[name], f"env {name}")
+        except ConfigError as exc:
+            issues.extend(_as_variable_issues(exc, name, parts))
             continue
         out.append((parts, value, f"env {name}"))
     return out, issues
+
+
+def _as_variable_issues(exc: ConfigError, name: str, path: KeyPath) -> list[ConfigIssue]:
+    """A YAML problem inside a variable's value, named by the variable (a variable has no lines)."""
+    return [ConfigIssue(f"env {name}", None, format_key_path(path), f"not a valid YAML list/mapping: {i.message}")
+            for i in exc.issues]
 
 
 def flatten_overrides(overrides: Mapping[str, Any], prefix: KeyPath = ()) -> list[Override]:

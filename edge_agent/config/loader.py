@@ -1,9 +1,10 @@
-"""Load the agent config: read the file, merge variables and flags, validate.
+"""Load the agent config: read the file (bounded), merge variables and flags, validate.
 
 Every pydantic error location (``('model', 'threads')``) is mapped back to the line of the
 file, or to the variable or flag that set the value, so ``check-config`` prints
 ``FILE:LINE: key.path: message``. The YAML reading is in ``yaml_lines``, the variables in
-``environment``, secrets in ``secrets``, the ``check-config`` command in ``check``.
+``environment``, secrets in ``secrets``, relative paths in ``values``, the ``check-config``
+command in ``check``.
 
 Precedence (later wins): YAML file < legacy variables (MODEL_PATH, LOG_LEVEL, ...) <
 ``CRACKSEG_<SECTION>__<KEY>`` variables < ``overrides`` (the CLI's flags).
@@ -13,10 +14,10 @@ from __future__ import annotations
 
 import difflib
 import os
-import types
 import typing
 from collections.abc import Mapping
-from pathlib import Path, PurePath
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -24,50 +25,117 @@ from pydantic import BaseModel, ValidationError
 from edge_agent.config.environment import environment_overrides, flatten_overrides, set_path
 from edge_agent.config.errors import ConfigError, ConfigIssue
 from edge_agent.config.secrets import reject_clear_text_secrets
+from edge_agent.config.values import absolutize, type_args
 from edge_agent.config.yaml_lines import KeyPath, format_key_path, parse_config_yaml
 
 if TYPE_CHECKING:
     from edge_agent.config.agent import AgentConfig
 
 DEFAULTS_SOURCE = "(built-in defaults)"
+# A device config is a few KB; a file this large is the wrong file (a log, a video, /dev/zero).
+MAX_CONFIG_BYTES = 1024 * 1024
 
 
-# -- relative paths ---------------------------------------------------------------------------
-def _type_args(tp: Any) -> list[Any]:
-    """Flatten Optional/Union/Annotated into the concrete types a field may hold."""
-    origin = typing.get_origin(tp)
-    if origin is typing.Annotated:
-        return _type_args(typing.get_args(tp)[0])
-    if origin is typing.Union or origin is types.UnionType:
-        return [t for a in typing.get_args(tp) for t in _type_args(a)]
-    return [tp]
+@dataclass
+class LoadedConfig:
+    """A validated config and where each of its values came from (for later checks' messages)."""
+
+    config: AgentConfig
+    source: str
+    lines: dict[KeyPath, int] = field(default_factory=dict)
+    origins: dict[KeyPath, str] = field(default_factory=dict)
+
+    def where(self, key: KeyPath) -> tuple[str, int | None]:
+        """(file, line) or (variable/flag, None) that set ``key``."""
+        return _locate(key, self.lines, self.origins, self.source)
 
 
-def _absolutize(value: Any, tp: Any, base: Path) -> Any:
-    """Make relative paths of Path-typed fields relative to the config file's folder.
+def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None,
+                environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Load, merge and validate the agent config; raise ConfigError listing every problem.
 
-    Why: the service runs with the working directory ``/``; a path written next to the
-    config (``model: {path: models/x.onnx}``) must not depend on where the agent started.
+    ``path`` None means built-in defaults (plus variables and overrides). ``overrides`` are
+    the CLI's flags: nested dicts or dotted keys (``{"camera.source": "0"}``); None values
+    are ignored so unset flags can be passed as they are. ``environ`` defaults to os.environ.
     """
-    for arg in _type_args(tp):
-        if isinstance(arg, type) and issubclass(arg, BaseModel) and isinstance(value, dict):
-            for name, field in arg.model_fields.items():
-                key = field.alias or name
-                if key in value:
-                    value[key] = _absolutize(value[key], field.annotation, base)
-            return value
-        if isinstance(arg, type) and issubclass(arg, PurePath) and isinstance(value, str) and value:
-            p = Path(os.path.expanduser(value))
-            return str(p if p.is_absolute() else base / p)
-        if typing.get_origin(arg) in (list, tuple) and isinstance(value, list):
-            inner = typing.get_args(arg)
-            if inner:
-                return [_absolutize(v, inner[0], base) for v in value]
-    return value
+    return load_config_located(path, overrides, environ).config
+
+
+def load_config_located(path: str | Path | None, overrides: Mapping[str, Any] | None = None,
+                        environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """``load_config``, also telling where each value came from."""
+    if path is None:
+        return load_config_text(None, DEFAULTS_SOURCE, Path.cwd(), overrides, environ)
+    p = Path(path)
+    return load_config_text(read_config_file(p), str(p), _folder_of(p), overrides, environ)
+
+
+def read_config_file(path: Path) -> str:
+    """The file's text, refusing what cannot be a config: too large, not UTF-8, unreadable."""
+    source = str(path)
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError([ConfigIssue(source, None, "", f"larger than {MAX_CONFIG_BYTES // 1024**2} MiB: a "
+                                                             "device config is a few KB; is this the right file?")])
+        return raw.decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError([ConfigIssue(source, None, "", "config file not found (copy one of device_configs/ "
+                                                         "there, or give the right path)")]) from None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError, and so is a NUL in the path
+        raise ConfigError([ConfigIssue(source, None, "", f"cannot read the config file: {exc}")]) from None
+
+
+def _folder_of(path: Path) -> Path:
+    try:
+        return path.resolve().parent
+    except (OSError, RuntimeError):  # a symlink loop; the read already succeeded, so rarely reached
+        return path.absolute().parent
+
+
+def load_config_text(text: str | None, source: str, base: Path, overrides: Mapping[str, Any] | None = None,
+                     environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Validate config ``text`` (None: no file) as if read from ``source`` in folder ``base``.
+
+    Relative paths in the text are relative to ``base``. This is ``load_config`` without the
+    file: the property tests throw generated text at it.
+    """
+    from edge_agent.config.agent import AgentConfig
+
+    env = os.environ if environ is None else environ
+    data: dict[Any, Any] = {}
+    lines: dict[KeyPath, int] = {}
+    issues: list[ConfigIssue] = []
+    if text is not None:
+        data, lines, issues = parse_config_yaml(text, source)
+    issues += reject_clear_text_secrets(data, (), lines, source)  # removed from data: reported once
+    data = absolutize(data, AgentConfig, base)
+
+    origins: dict[KeyPath, str] = {}
+    env_items, env_issues = environment_overrides(env)
+    issues.extend(env_issues)
+    for key, value, origin in env_items + flatten_overrides(overrides or {}):
+        set_path(data, key, value)
+        origins[key] = origin
+    try:
+        config = AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            key = _clean_loc(tuple(err["loc"]), data)
+            where, line = _locate(key, lines, origins, source)
+            message = _message(err, key, AgentConfig, data)
+            issue = ConfigIssue(where, line, format_key_path(key) or "(top level)", message)
+            if issue not in issues:
+                issues.append(issue)
+    if issues:
+        issues.sort(key=lambda i: (i.source != source, i.line or 0))
+        raise ConfigError(issues)
+    return LoadedConfig(config, source, lines, origins)
 
 
 # -- validation errors -> lines ---------------------------------------------------------------
-def _clean_loc(loc: tuple, data: Any) -> KeyPath:
+def _clean_loc(loc: tuple[Any, ...], data: Any) -> KeyPath:
     """Drop pydantic's union/validator tags (``'str'``, ``'function-after[...]'``) from a location."""
     out: list[Any] = []
     cur = data
@@ -94,7 +162,7 @@ def _model_at(root: type[BaseModel], path: KeyPath, data: Any) -> type[BaseModel
         if cls is None or not isinstance(seg, str) or seg not in cls.model_fields:
             return None
         cur = cur.get(seg) if isinstance(cur, dict) else None
-        models = [a for a in _type_args(cls.model_fields[seg].annotation)
+        models = [a for a in type_args(cls.model_fields[seg].annotation)
                   if isinstance(a, type) and issubclass(a, BaseModel)]
         if len(models) > 1 and isinstance(cur, dict):
             models = [m for m in models if _literals_match(m, cur)]
@@ -102,11 +170,11 @@ def _model_at(root: type[BaseModel], path: KeyPath, data: Any) -> type[BaseModel
     return cls
 
 
-def _literals_match(model: type[BaseModel], value: dict) -> bool:
+def _literals_match(model: type[BaseModel], value: dict[Any, Any]) -> bool:
     """True when every Literal field of ``model`` present in ``value`` holds one of its literals."""
-    for name, field in model.model_fields.items():
-        if typing.get_origin(field.annotation) is typing.Literal and name in value:
-            if value[name] not in typing.get_args(field.annotation):
+    for name, info in model.model_fields.items():
+        if typing.get_origin(info.annotation) is typing.Literal and name in value:
+            if value[name] not in typing.get_args(info.annotation):
                 return False
     return True
 
@@ -116,10 +184,10 @@ def _message(err: Mapping[str, Any], key: KeyPath, root: type[BaseModel], data: 
     if kind == "extra_forbidden":
         parent = _model_at(root, key[:-1], data)
         name = str(key[-1]) if key else "?"
-        msg = f"unknown key '{name}'"
+        msg = f"unknown key '{_clip(name, 80)}'"
         if parent is not None:
             allowed = sorted(parent.model_fields)
-            close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+            close = difflib.get_close_matches(name[:200], allowed, n=1, cutoff=0.6)
             msg += f"; did you mean '{close[0]}'?" if close else f"; allowed keys: {', '.join(allowed)}"
         return msg
     if kind == "missing":
@@ -130,13 +198,18 @@ def _message(err: Mapping[str, Any], key: KeyPath, root: type[BaseModel], data: 
             msg = msg[len(prefix):]
     value = err.get("input")
     if not kind.startswith("value_error") and not isinstance(value, (dict, list)):
-        msg += f" (got {value!r})"
+        msg += f" (got {_clip(repr(value), 100)})"
         if kind == "string_type" and isinstance(value, (int, float, bool)):
-            msg += f"; write it in quotes: '{value}'"
+            msg += f"; write it in quotes: '{_clip(str(value), 100)}'"
     return msg
 
 
-def _locate(key: KeyPath, lines: dict[KeyPath, int], origins: dict[KeyPath, str],
+def _clip(text: str, limit: int) -> str:
+    """Echo at most ``limit`` characters of a value: hostile files hold megabyte strings."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _locate(key: KeyPath, lines: Mapping[KeyPath, int], origins: Mapping[KeyPath, str],
             source: str) -> tuple[str, int | None]:
     """Where a problem at ``key`` came from: the variable/override that set it, else the file line."""
     for n in range(len(key), -1, -1):
@@ -146,60 +219,6 @@ def _locate(key: KeyPath, lines: dict[KeyPath, int], origins: dict[KeyPath, str]
         if prefix in lines:
             return source, lines[prefix]
     return source, (1 if source != DEFAULTS_SOURCE else None)
-
-
-# -- public API -----------------------------------------------------------------------------
-def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None,
-                environ: Mapping[str, str] | None = None) -> AgentConfig:
-    """Load, merge and validate the agent config; raise ConfigError listing every problem.
-
-    ``path`` None means built-in defaults (plus variables and overrides). ``overrides`` are
-    the CLI's flags: nested dicts or dotted keys (``{"camera.source": "0"}``); None values
-    are ignored so unset flags can be passed as they are. ``environ`` defaults to os.environ.
-    """
-    from edge_agent.config.agent import AgentConfig
-
-    env = os.environ if environ is None else environ
-    issues: list[ConfigIssue] = []
-    data: dict[Any, Any]
-    lines: dict[KeyPath, int]
-    if path is None:
-        source, data, lines, base = DEFAULTS_SOURCE, {}, {}, Path.cwd()
-    else:
-        p = Path(path)
-        source = str(p)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError([ConfigIssue(source, None, "", "config file not found (copy one of device_configs/ "
-                                                             "there, or give the right path)")]) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError([ConfigIssue(source, None, "", f"cannot read the config file: {exc}")]) from None
-        data, lines, issues = parse_config_yaml(text, source)
-        base = p.resolve().parent
-    issues += reject_clear_text_secrets(data, (), lines, source)  # removed from data: reported once
-    data = _absolutize(data, AgentConfig, base)
-
-    origins: dict[KeyPath, str] = {}
-    env_items, env_issues = environment_overrides(env)
-    issues.extend(env_issues)
-    for key, value, origin in env_items + flatten_overrides(overrides or {}):
-        set_path(data, key, value)
-        origins[key] = origin
-    try:
-        config = AgentConfig.model_validate(data)
-    except ValidationError as exc:
-        for err in exc.errors():
-            key = _clean_loc(tuple(err["loc"]), data)
-            where, line = _locate(key, lines, origins, source)
-            message = _message(err, key, AgentConfig, data)
-            issue = ConfigIssue(where, line, format_key_path(key) or "(top level)", message)
-            if issue not in issues:
-                issues.append(issue)
-    if issues:
-        issues.sort(key=lambda i: (i.source != source, i.line or 0))
-        raise ConfigError(issues)
-    return config
 
 
 # Names that lived here before the split; import them from ``edge_agent.config`` instead.
