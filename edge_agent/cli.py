@@ -34,9 +34,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = seg.info
+    sizes = ", ".join("x".join(map(str, size)) if size else "any size" for size in info.input_sizes)
     print(f"model {info.name} {info.version} ({info.backend} {info.precision}, threshold {seg.threshold:.2f}, "
-          f"{'tiles of ' + 'x'.join(map(str, info.input_size)) if info.strategy == 'tile' else 'padded to stride'}"
-          f" at native resolution)", file=sys.stderr)
+          f"input {sizes}, at native resolution)", file=sys.stderr)
     written, failed = 0, []
     for path in files:
         try:
@@ -76,7 +76,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from edge_agent.detectors import open_model
 
         segmenter = open_model(args.model, backend=args.backend, threads=args.threads, threshold=args.threshold)
-    score = evaluate(pairs, segmenter, tolerance=args.tolerance)
+    from edge_agent.util.progress import progress
+
+    score = evaluate(pairs, segmenter, tolerance=args.tolerance,
+                     progress=lambda items: progress(items, f"eval {source.name}", unit="image"))
     what = (f"model {segmenter.info.name} {segmenter.info.version} ({segmenter.info.backend} "
             f"{segmenter.info.precision}, threshold {segmenter.threshold:.2f})" if segmenter else "predicted masks")
     result = {"source": str(source), "masks": str(masks), "split": args.split, "evaluated": what,

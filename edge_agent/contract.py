@@ -64,5 +64,5 @@ class InferenceContract(BaseModel):
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "InferenceContract":
+    def from_json(cls, text: str) -> InferenceContract:
         return cls.model_validate(json.loads(text))

@@ -28,6 +28,7 @@ class HealthCollector:
         self.memory_limit_bytes = memory_limit_bytes
         self.extra = extra
         self.coverage = coverage
+        self.last_coverage: float | None = None
         system.process_cpu_percent()  # prime psutil's interval counter
 
     def flat(self) -> dict:
@@ -92,20 +93,29 @@ class HealthCollector:
                        "throttling": system.pi_throttling()},
             "model": self.model_info(),
             "paused": self.paused(),
-            "coverage": self.coverage() if self.coverage is not None else None,
+            "coverage": self._take_coverage(),
             "uptime_s": s["uptime_s"],
         }
         if self.extra is not None:
             body.update(self.extra())
         return body
 
+    def _take_coverage(self) -> float | None:
+        """Coverage over the health interval that just ended (each call starts a new interval)."""
+        self.last_coverage = self.coverage() if self.coverage is not None else None
+        return self.last_coverage
+
     def status_line(self) -> str:
         """One line for systemd's STATUS= (``systemctl status`` shows it)."""
         s = self.stats.snapshot()
         link = self.comms.stats()
         cam = self.capture.stats()
-        return (f"{s['fps_out']:.1f} fps, inference p50 {s['inference_ms_p50'] or 0:.0f} ms, camera {cam.state}, "
-                f"mqtt {link.link_state}, outbox {link.outbox_depth}, {s['detection_messages']} detection msgs")
+        coverage = self.last_coverage
+        covered = f", coverage {coverage:.0%}" if coverage is not None else ""
+        return (f"{s['frames_processed']} frames ({s['fps_out']:.1f} fps{covered}), skipped "
+                f"{cam.frames_skipped_coverage} on purpose, dropped {cam.frames_dropped}, inference p50 "
+                f"{s['inference_ms_p50'] or 0:.0f} ms, camera {cam.state}, mqtt {link.link_state}, outbox "
+                f"{link.outbox_depth}, {s['detection_messages']} detection msgs")
 
 
 def _round(v: float | None, digits: int = 2) -> float | None:

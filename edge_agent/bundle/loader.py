@@ -94,7 +94,8 @@ class Bundle:
     def entries_for(self, backend: str, precision: str | None = None) -> list[ArtifactEntry]:
         """One artifact per input size for a backend (int8 preferred per size, unless ``precision`` is given)."""
         chosen: dict[tuple[int, int], ArtifactEntry] = {}
-        for size in dict.fromkeys(tuple(a.input_size) for a in self.manifest.artifacts if a.format == backend):
+        sizes = [(int(a.input_size[0]), int(a.input_size[1])) for a in self.manifest.artifacts if a.format == backend]
+        for size in dict.fromkeys(sizes):
             try:
                 chosen[size] = self.entry_for(backend, precision, size)
             except BundleError:
@@ -238,9 +239,9 @@ def _extract(archive: Path, dest: Path, max_bytes: int) -> None:
                     if total > max_bytes:
                         raise BundleError(f"{archive}: unpacks to more than {max_bytes} bytes; refused")
                     (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                    src = tf.extractfile(member)
-                    assert src is not None
-                    with src, open(dest / rel, "xb") as dst:
+                    extracted = tf.extractfile(member)
+                    assert extracted is not None
+                    with extracted as src, open(dest / rel, "xb") as dst:
                         shutil.copyfileobj(src, dst)
                         if dst.tell() != member.size:
                             raise EOFError("member shorter than its header says")

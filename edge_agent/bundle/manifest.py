@@ -156,7 +156,7 @@ class Selftest(BaseModel):
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1  # SCHEMA_VERSION
     name: str
     version: str
     created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))

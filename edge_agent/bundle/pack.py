@@ -130,11 +130,11 @@ def pack_archive(bundle_dir: str | Path, out_path: str | Path, manifest: Manifes
             tf.addfile(dir_info)
             for n in names:
                 data = (bundle_dir / n).read_bytes()
-                info = tarfile.TarInfo(f"{top}/{n}")
-                info.size, info.mode, info.mtime = len(data), 0o644, mtime
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                tf.addfile(info, io.BytesIO(data))
+                member = tarfile.TarInfo(f"{top}/{n}")
+                member.size, member.mode, member.mtime = len(data), 0o644, mtime
+                member.uid = member.gid = 0
+                member.uname = member.gname = ""
+                tf.addfile(member, io.BytesIO(data))
         payload = raw.getvalue()
         if kind == "tar.gz":
             buf = io.BytesIO()

@@ -208,7 +208,7 @@ class Segmenter:
         else:
             prob = adapter.probabilities(backend.run(adapter.prepare(pad_to(work, ih, iw))), wh, ww)
         if plan.resampled:
-            prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
+            prob = np.asarray(cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR), dtype=np.float32)
         self.last_inference_ms = (time.perf_counter() - t0) * 1000.0
         self.last_plan = plan
         return prob if prob.flags.c_contiguous else np.ascontiguousarray(prob)

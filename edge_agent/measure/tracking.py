@@ -140,12 +140,13 @@ class CrackTracker:
         moved = []
         out = []
         for ci, crack in enumerate(cracks):
-            track = assigned.get(ci)
-            if track is None:
+            found = assigned.get(ci)
+            if found is None:
                 track = Track(self._new_id(), boxes[ci], frame_ts, frame_ts, crack, crack)
                 self._tracks.append(track)
                 out.append(TrackedCrack(crack, track.track_id, True))
                 continue
+            track = found
             if dt > 0 and not self._touches_border(boxes[ci]) and not self._touches_border(previous[id(track)]):
                 centre_then = previous[id(track)].reshape(2, 2).mean(axis=0)
                 centre_now = boxes[ci].reshape(2, 2).mean(axis=0)
@@ -170,7 +171,7 @@ class CrackTracker:
 
     def _expire(self, now: float) -> None:
         tcfg = self.config.tracking
-        keep = []
+        keep: list[Track] = []
         for track in self._tracks:
             gone = track.missed > tcfg.max_missed_frames or now - track.last_ts > tcfg.max_gap_s
             if self.frame_shape is not None:

@@ -168,7 +168,7 @@ class GpsdProvider(PositionProvider):
         while not self._stop.is_set():
             try:
                 chunk = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             if not chunk:
                 raise ConnectionError("gpsd closed the connection")

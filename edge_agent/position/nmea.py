@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 KNOTS_TO_MPS = 1852.0 / 3600.0
 _GGA_QUALITY: dict[str, FixQuality] = {"0": "none", "1": "gps", "2": "dgps", "3": "gps", "4": "rtk_fixed",
                                        "5": "rtk_float", "6": "estimated", "7": "manual", "8": "simulated"}
+_RMC_QUALITY: dict[str, FixQuality] = {"D": "dgps", "E": "estimated", "R": "rtk_fixed", "F": "rtk_float"}
 _GSA_MODE: dict[str, FixMode] = {"1": "none", "2": "2d", "3": "3d"}
 
 
@@ -172,7 +173,7 @@ class NmeaParser:
         self._speed = None if knots is None else knots * KNOTS_TO_MPS
         self._heading = _float(f[8])
         if self._quality == "none":  # no GGA seen yet: RMC alone is a plain fix
-            self._quality = {"D": "dgps", "E": "estimated", "R": "rtk_fixed", "F": "rtk_float"}.get(mode, "gps")
+            self._quality = _RMC_QUALITY.get(mode, "gps")
         self._valid = self._lat is not None
         return True
 

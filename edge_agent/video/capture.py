@@ -150,8 +150,8 @@ class _Reader:
             wall, mono = time.time(), time.monotonic()
             image = session.retrieve()
             problem = frame_problem(image)
-            if problem is not None:
-                cap._corrupt(problem, grab)
+            if problem is not None or image is None:
+                cap._corrupt(problem or "no image", grab)
                 continue
             self.last_progress = time.monotonic()
             self.good_frames += 1

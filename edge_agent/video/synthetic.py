@@ -36,8 +36,8 @@ def make_pavement(h: int, w: int, seed: int = 0, n_cracks: int = 3, crack_width:
     # Aggregate: scattered light and dark stones of 1-3 px.
     n_stones = h * w // 60
     ys, xs = rng.integers(0, h, n_stones), rng.integers(0, w, n_stones)
-    gray[ys, xs] += rng.choice([-35.0, 40.0], n_stones)
-    gray = cv2.GaussianBlur(gray, (3, 3), 0)
+    gray[ys, xs] += rng.choice(np.array([-35.0, 40.0]), n_stones)
+    gray = np.asarray(cv2.GaussianBlur(gray, (3, 3), 0), dtype=np.float64)
     mask = np.zeros((h, w), np.uint8)
     step = max(4.0, min(h, w) / 8)
     for _ in range(n_cracks):
@@ -96,7 +96,7 @@ def write_survey_video(path: str | Path, n_frames: int, size: int | tuple[int, i
     if codec is None:
         raise ValueError(f"{path}: use one of {', '.join(VIDEO_CODECS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, _size(size))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*codec), fps, _size(size))
     if not writer.isOpened():
         raise OSError(f"this OpenCV build cannot write {codec} to {path}")
     try:

@@ -28,7 +28,7 @@ def load_interpreter_class():
     except ImportError:
         pass
     try:
-        from tflite_runtime.interpreter import Interpreter  # type: ignore[import-not-found]
+        from tflite_runtime.interpreter import Interpreter
     except ImportError as exc:
         raise BackendUnavailableError(
             "no TFLite interpreter installed: pip install 'crackseg-edge[tflite]' (ai-edge-litert), "
