@@ -136,13 +136,13 @@ class LocalBroker:
     def __init__(self, workdir: str | Path | None = None, *, port: int | None = None, persistence: bool = False,
                  anonymous: bool = True, max_queued_messages: int | None = 100_000,
                  extra_config: Iterable[str] = ()):
+        self._cleanup: weakref.finalize | None = None
         if workdir is None:
             self.dir = Path(tempfile.mkdtemp(prefix="crackseg-broker-"))
             self._cleanup = weakref.finalize(self, shutil.rmtree, self.dir, True)
         else:
             self.dir = Path(workdir)
             self.dir.mkdir(parents=True, exist_ok=True)
-            self._cleanup = None
         self.persistence = persistence
         self.anonymous = anonymous
         # the outbox benchmark pushes thousands of QoS 1 messages at once; mosquitto's default queue is 1000
