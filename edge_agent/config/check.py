@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from edge_agent.config.errors import ConfigError, ConfigIssue
+from edge_agent.config.errors import ConfigError, ConfigIssue, printable
 from edge_agent.config.loader import LoadedConfig, load_config_located
 
 ONNX_INSTALL = ("onnxruntime is not installed here: pip install onnxruntime (onnxruntime-gpu for CUDA, the Jetson "
@@ -117,7 +117,7 @@ def check_config_main(path: str | Path) -> int:
         return 2
     cfg = loaded.config
     if cfg.http.enabled and cfg.http.host not in ("127.0.0.1", "::1", "localhost"):
-        print(f"warning: {path}: http.host {cfg.http.host} exposes /metrics and /model/info beyond this machine",
-              file=sys.stderr)
-    print(f"OK: {path}: {_summary(cfg)}")
+        print(printable(f"warning: {path}: http.host {cfg.http.host} exposes /metrics and /model/info beyond this "
+                        "machine"), file=sys.stderr)
+    print(printable(f"OK: {path}: {_summary(cfg)}"))
     return 0

@@ -22,7 +22,19 @@ class ConfigIssue(NamedTuple):
 
     def __str__(self) -> str:
         where = f"{self.source}:{self.line}" if self.line is not None else self.source
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+        return printable(f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters and lone surrogates escaped (``\\n``, ``\\x1b``, ``\\ud800``).
+
+    Why: keys and values of a hostile file end up in messages; a newline would break the one
+    problem per line format, an ANSI escape would rewrite the operator's terminal, and a lone
+    surrogate cannot even be printed (UnicodeEncodeError).
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class ConfigError(UserError):

@@ -3,8 +3,8 @@
 Every pydantic error location (``('model', 'threads')``) is mapped back to the line of the
 file, or to the variable or flag that set the value, so ``check-config`` prints
 ``FILE:LINE: key.path: message``. The YAML reading is in ``yaml_lines``, the variables in
-``environment``, secrets in ``secrets``, relative paths in ``values``, the ``check-config``
-command in ``check``.
+``environment``, secrets in ``secrets``, path and text fix-ups in ``values``, the
+``check-config`` command in ``check``.
 
 Precedence (later wins): YAML file < legacy variables (MODEL_PATH, LOG_LEVEL, ...) <
 ``CRACKSEG_<SECTION>__<KEY>`` variables < ``overrides`` (the CLI's flags).
@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from edge_agent.config.environment import environment_overrides, flatten_overrides, set_path
 from edge_agent.config.errors import ConfigError, ConfigIssue
 from edge_agent.config.secrets import reject_clear_text_secrets
-from edge_agent.config.values import absolutize, type_args
+from edge_agent.config.values import absolutize, type_args, valid_text
 from edge_agent.config.yaml_lines import KeyPath, format_key_path, parse_config_yaml
 
 if TYPE_CHECKING:
@@ -118,6 +118,8 @@ def load_config_text(text: str | None, source: str, base: Path, overrides: Mappi
     for key, value, origin in env_items + flatten_overrides(overrides or {}):
         set_path(data, key, value)
         origins[key] = origin
+    data, text_issues = valid_text(data, (), lambda key: _locate(key, lines, origins, source))
+    issues.extend(text_issues)
     try:
         config = AgentConfig.model_validate(data)
     except ValidationError as exc:

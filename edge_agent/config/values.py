@@ -1,7 +1,9 @@
-"""The merged config data made fit for validation: relative paths anchored to the file.
+"""The merged config data made fit for validation: relative paths anchored, non-text refused.
 
 Why before pydantic: the service runs with the working directory ``/``, so relative paths are
-made relative to the config file here, where the file's folder is known.
+made relative to the config file here, where the file's folder is known; and strings that are
+not Unicode (lone surrogates) make pydantic-core raise instead of report, so they are caught
+and located here first.
 """
 
 from __future__ import annotations
@@ -9,10 +11,18 @@ from __future__ import annotations
 import os
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path, PurePath
 from typing import Any
 
 from pydantic import BaseModel
+
+from edge_agent.config.errors import ConfigIssue
+from edge_agent.config.yaml_lines import KeyPath, format_key_path
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def type_args(tp: Any) -> list[Any]:
@@ -50,3 +60,44 @@ def absolutize(value: Any, tp: Any, base: Path) -> Any:
                 return [absolutize(v, inner[0], base) for v in value]
     return value
 
+
+def valid_text(value: Any, path: KeyPath, locate: Callable[[KeyPath], tuple[str, int | None]]
+               ) -> tuple[Any, list[ConfigIssue]]:
+    """Text that is not Unicode (lone surrogates) made printable, each occurrence an issue.
+
+    Why: YAML's ``"\\ud800"`` escape and non-UTF-8 bytes in a variable (Python decodes them to
+    lone surrogates) give strings that pydantic-core cannot take: it raises UnicodeEncodeError
+    instead of a validation error.
+    """
+    def fix(text: str, key: KeyPath, what: str) -> tuple[str, list[ConfigIssue]]:
+        try:
+            text.encode("utf-8")
+            return text, []
+        except UnicodeEncodeError:
+            shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
+            where, line = locate(key)
+            return shown, [ConfigIssue(where, line, format_key_path(key), f"the {what} '{_clip(shown, 60)}' is "
+                                       "not valid text (a lone UTF-16 surrogate or non-UTF-8 bytes)")]
+
+    if isinstance(value, str):
+        return fix(value, path, "value")
+    issues: list[ConfigIssue] = []
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            if isinstance(k, str):
+                _, found = fix(k, path + (k,), "key")
+                if found:  # reported; left out so that nothing below trips on it
+                    issues += found
+                    continue
+            out[k], found = valid_text(v, path + (k,), locate)
+            issues += found
+        return out, issues
+    if isinstance(value, list):
+        items = []
+        for i, v in enumerate(value):
+            item, found = valid_text(v, path + (i,), locate)
+            items.append(item)
+            issues += found
+        return items, issues
+    return value, issues
