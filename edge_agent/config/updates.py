@@ -25,6 +25,8 @@ from edge_agent.config.base import Age, ConfigSection, Seconds, path_exists
 from edge_agent.config.sections import ByteCount, ConfigPath
 
 KEY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+UrlScheme = Literal["http", "https", "file"]
+_DEFAULT_URL_SCHEMES: list[UrlScheme] = ["https", "http"]  # file:// needs file_root: never on by default
 
 
 class CommandKeyConfig(ConfigSection):
@@ -67,8 +69,8 @@ class UpdatesConfig(ConfigSection):
     max_bundle_bytes: ByteCount = Field(256 * 1024**2, description="largest bundle archive accepted (download "
                                                                    "or chunked transfer)")
     download_timeout_s: Seconds = Field(600.0, gt=0, description="a download taking longer is abandoned")
-    allowed_url_schemes: list[Literal["http", "https", "file"]] = Field(
-        default_factory=lambda: ["https", "http"], min_length=1,
+    allowed_url_schemes: list[UrlScheme] = Field(
+        default_factory=lambda: _DEFAULT_URL_SCHEMES.copy(), min_length=1,
         description="URL schemes model-update may use; the sha256 in the command and the bundle hashes "
                     "protect the content over plain http too. file needs file_root")
     file_root: ConfigPath | None = Field(None, description="the only folder file:// URLs may read (e.g. a USB "
