@@ -7,7 +7,10 @@ Why these settings:
 - ``dynamo=False``, opset 17, eval mode with constant folding: batch norms fold into the
   convolutions (checked: no BatchNormalization node may remain), one self-contained file
   (the dynamo exporter writes a ``.onnx.data`` sidecar by default);
-- the inference contract is stored in ``metadata_props`` so a raw .onnx is usable alone.
+- the inference contract is stored in ``metadata_props`` so a raw .onnx is usable alone;
+- frame input (the default, ``converters.frame_model``): the graph takes a uint8 BGR frame
+  ``[1,H,W,3]`` and returns probabilities ``[1,H,W,1]``; normalisation and sigmoid are inside.
+  ``frame_input=False`` exports the bare network (float NCHW in, logits out), as before.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from edge_agent.contract import CONTRACT_METADATA_KEY, InferenceContract
 OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+FRAME_INPUT_NAME = "frame"
+FRAME_OUTPUT_NAME = "probabilities"
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -75,8 +80,12 @@ def op_types(path: str | Path) -> set[str]:
 
 
 def export_onnx(module, out_path: str | Path, contract: InferenceContract,
-                input_size: tuple[int, int] = (320, 480)) -> Path:
-    """Export ``module`` (eval mode) at 1x3xHxW; returns the path. Raises ConvertError on BN left over."""
+                input_size: tuple[int, int] = (320, 480), frame_input: bool = True) -> Path:
+    """Export ``module`` (eval mode) at a fixed input size; returns the path.
+
+    ``frame_input``: uint8 NHWC frames in, probabilities out (see the module docstring);
+    otherwise 1x3xHxW normalised floats in, logits out. Raises ConvertError on BN left over.
+    """
     import onnx
     import torch
 
@@ -84,12 +93,22 @@ def export_onnx(module, out_path: str | Path, contract: InferenceContract,
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     module.eval()
+    if frame_input:
+        from converters.frame_model import frame_contract, frame_input_model, sample_frame
+
+        graph = frame_input_model(module, contract, input_size, "uint8")
+        sample = sample_frame(input_size, "uint8")
+        names = ([FRAME_INPUT_NAME], [FRAME_OUTPUT_NAME])
+        contract = frame_contract(contract, input_size)
+    else:
+        graph, sample, names = module, torch.zeros(1, 3, *input_size), ([INPUT_NAME], [OUTPUT_NAME])
+        contract = contract.model_copy(update={"input_size": tuple(input_size), "layout": "NCHW",
+                                               "input_dtype": "float32", "output": "logits"})
     tmp = out_path.with_name(out_path.name + ".tmp.onnx")
     try:
         with torch.no_grad():
-            torch.onnx.export(module, (torch.zeros(1, 3, *input_size),), str(tmp), input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME], opset_version=OPSET, dynamo=False,
-                              do_constant_folding=True, export_params=True)
+            torch.onnx.export(graph, (sample,), str(tmp), input_names=names[0], output_names=names[1],
+                              opset_version=OPSET, dynamo=False, do_constant_folding=True, export_params=True)
     except Exception as exc:
         tmp.unlink(missing_ok=True)
         raise ConvertError(f"ONNX export failed ({str(exc).splitlines()[0][:200]})") from exc
@@ -100,7 +119,6 @@ def export_onnx(module, out_path: str | Path, contract: InferenceContract,
         tmp.unlink(missing_ok=True)
         raise ConvertError(f"ONNX export left {len(bn)} BatchNormalization node(s) unfolded ({', '.join(bn[:3])}); "
                            "the model was probably not in eval mode or uses BN in an unusual place")
-    contract = contract.model_copy(update={"input_size": tuple(input_size), "layout": "NCHW"})
     set_onnx_contract(tmp, contract, out_path)
     tmp.unlink(missing_ok=True)
     return out_path

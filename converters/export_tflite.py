@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.calibration import CalibrationReader, ImageFolderCalibrationReader, iter_batches
 from converters.errors import ConvertError
-from converters.quantize_onnx import CalibrationReader, iter_batches
 from edge_agent.contract import InferenceContract
 from edge_agent.detectors.backends.tflite_metadata import read_contract, write_contract
 
@@ -64,8 +64,12 @@ def _quiet(enabled: bool):
 
 
 def export_tflite_fp32(module, out_path: str | Path, contract: InferenceContract,
-                       input_size: tuple[int, int] = (320, 480), quiet: bool = True) -> Path:
-    """fp32 .tflite with NHWC input/output at a fixed input size, contract in its metadata."""
+                       input_size: tuple[int, int] = (320, 480), quiet: bool = True, frame_input: bool = True) -> Path:
+    """fp32 .tflite with NHWC input/output at a fixed input size, contract in its metadata.
+
+    ``frame_input``: the graph takes float32 BGR pixels 0..255 ``[1,H,W,3]`` and returns
+    probabilities (``converters.frame_model``); otherwise normalised NHWC floats in, logits out.
+    """
     import torch
 
     try:
@@ -81,8 +85,16 @@ def export_tflite_fp32(module, out_path: str | Path, contract: InferenceContract
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     module.eval()
-    wrapped = litert_torch.to_channel_last_io(module, args=[0], outputs=[0]).eval()
-    sample = (torch.zeros(1, input_size[0], input_size[1], 3),)
+    if frame_input:
+        from converters.frame_model import frame_contract, frame_input_model, sample_frame
+
+        wrapped = frame_input_model(module, contract, input_size, "float32")
+        sample = (sample_frame(input_size, "float32"),)
+        contract = frame_contract(contract, input_size)
+    else:
+        wrapped = litert_torch.to_channel_last_io(module, args=[0], outputs=[0]).eval()
+        sample = (torch.zeros(1, input_size[0], input_size[1], 3),)
+        contract = contract.model_copy(update={"input_dtype": "float32", "output": "logits"})
     tmp = out_path.with_name(out_path.name + ".tmp.tflite")
     try:
         with _quiet(quiet), torch.no_grad():
@@ -96,6 +108,16 @@ def export_tflite_fp32(module, out_path: str | Path, contract: InferenceContract
     write_contract(tmp, contract.model_copy(update={"input_size": tuple(input_size), "layout": layout}), out_path)
     tmp.unlink(missing_ok=True)
     return out_path
+
+
+def _pixel_range(calibration: dict, input_tensor: str) -> None:
+    """The frame input's range is 0..255 by definition, not by what the calibration frames held:
+    int8 scale 1, zero point -128, so the device feeds a uint8 frame with one XOR 0x80."""
+    qsv = calibration.get(input_tensor)
+    if qsv is None:
+        raise ConvertError(f"TFLite calibration has no range for the input tensor '{input_tensor}'")
+    qsv["min"] = np.zeros_like(np.asarray(qsv["min"]), dtype=np.float32)
+    qsv["max"] = np.full_like(np.asarray(qsv["max"]), 255.0, dtype=np.float32)
 
 
 def export_tflite_int8(fp32_path: str | Path, out_path: str | Path, reader: CalibrationReader,
@@ -120,8 +142,10 @@ def export_tflite_int8(fp32_path: str | Path, out_path: str | Path, reader: Cali
     input_name = sig["inputs"][0]
     in_shape = [int(d) for d in it.get_input_details()[0]["shape"]]
     layout = _layout_of(in_shape)
+    if isinstance(reader, ImageFolderCalibrationReader):
+        reader = reader.adapted(contract)
     samples = []
-    for batch in iter_batches(reader, layout):
+    for batch in iter_batches(reader, layout, "float32"):
         if list(batch.shape) != in_shape:
             raise ConvertError(f"calibration batch shape {list(batch.shape)} does not match the model input "
                                f"{in_shape}; build the reader with the model's contract (same input size)")
@@ -135,6 +159,8 @@ def export_tflite_int8(fp32_path: str | Path, out_path: str | Path, reader: Cali
         try:
             with _quiet(not progress):
                 calibration = q.calibrate({sig_name: samples}, num_threads=max(1, os.cpu_count() or 1))
+                if contract.input_dtype == "uint8":
+                    _pixel_range(calibration, it.get_input_details()[0]["name"])
                 q.quantize(calibration).export_model(str(q_path), overwrite=True)
         except Exception as exc:
             raise ConvertError(f"TFLite INT8 quantization failed ({str(exc).splitlines()[0][:200]})") from exc
