@@ -1,19 +1,26 @@
 """Score every model variant through the device runtime: F1@2px, IoU, latency, size.
 
-Why through the runtime (``edge_agent.detectors``): the figures must describe what the
-vehicle will run: same tiling of frames to the export size, same padding, normalisation and
-thresholding. The torch fp32 model is plugged into the same ``Segmenter`` as a backend, so
-torch, ONNX and TFLite are compared on identical inputs. F1 uses a 2 px tolerance with
-counts summed over the data set (``edge_agent.evaluation.metrics``), like training.
+Why through the runtime (``edge_agent.detectors.open_model``): the figures
+must describe what the vehicle will run: same tiling of frames to the export size, same
+blending and thresholding. The torch fp32 model is plugged into the same ``Segmenter`` as a
+backend, so torch, ONNX and TFLite are compared on identical inputs. F1 uses a 2 px
+tolerance with counts summed over the data set (``edge_agent.evaluation.metrics``).
 
-Gate: an INT8 variant may lose at most ``max_f1_drop`` F1 against the fp32 variant of the
-same format (against torch fp32 when that format has no fp32 variant).
+Frames: each artifact is scored on frames of *its own* input size, mosaicked from the
+held-out photographs and their labels at native scale (``converters.mosaic``), so a
+720x1280 artifact is judged on 720x1280 frames like a survey camera's.
+
+Gates: an INT8 variant may lose at most ``max_f1_drop`` F1 against the fp32 variant of the
+same format and size (against torch fp32 when that format has no fp32 variant); and a
+native large artifact may lose at most ``max_f1_drop`` against the smallest artifact of its
+format run over the same large frames as tiles (the runtime's tile strategy), with the F1
+between the two predicted masks reported beside it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 import platform
 import statistics
 import time
@@ -29,6 +36,15 @@ from edge_agent.contract import InferenceContract
 VARIANT_ORDER = ("torch-fp32", "onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8")
 
 
+def size_tag(size) -> str:
+    return f"{int(size[0])}x{int(size[1])}"
+
+
+def variant_label(backend: str, precision: str, size) -> str:
+    """``onnx-int8@720x1280``: results are keyed by format, precision and input size."""
+    return f"{backend}-{precision}@{size_tag(size)}"
+
+
 class TorchBackend:
     """A PyTorch module behind the runtime's backend interface (``run(batch) -> raw output``)."""
 
@@ -39,7 +55,8 @@ class TorchBackend:
         import torch
 
         self.module = module.eval()
-        self.contract = contract.model_copy(update={"layout": "NCHW"})
+        # the source network: normalised NCHW floats in, logits out (whatever its artifacts take)
+        self.contract = contract.model_copy(update={"layout": "NCHW", "input_dtype": "float32", "output": "logits"})
         self.threads = threads
         self._torch = torch
 
@@ -71,21 +88,37 @@ class LabeledPair:
     mask: Path
 
 
-def labeled_pairs(folder: str | Path, split: str = "val", limit: int | None = None) -> list[LabeledPair]:
-    """Image/mask pairs of a labeled folder for ``split`` (val|train|all), optionally a stable subset."""
+def labeled_pairs(folder: str | Path | list, split: str = "val", limit: int | None = None) -> list[LabeledPair]:
+    """Image/mask pairs of labeled folder(s) for ``split`` (val|train|all), optionally a stable subset."""
     from reference_model.dataset import list_pairs, select_split
 
     if split not in ("val", "train", "all"):
         raise ConvertError(f"split '{split}' must be val, train or all")
-    try:
-        samples = select_split(list_pairs(Path(folder)), split)
-    except FileNotFoundError as exc:
-        raise ConvertError(f"validation data: {exc}") from exc
+    folders = [Path(f) for f in folder] if isinstance(folder, list | tuple) else [Path(folder)]
+    samples = []
+    for f in folders:
+        try:
+            samples += select_split(list_pairs(f), split)
+        except FileNotFoundError as exc:
+            raise ConvertError(f"validation data: {exc}") from exc
     if not samples:
-        raise ConvertError(f"validation data {folder}: no image in the '{split}' split; use --split all")
+        raise ConvertError(f"validation data {', '.join(map(str, folders))}: no image in the '{split}' split; "
+                           "use --split all")
     if limit:
         samples = sorted(samples, key=lambda s: hashlib.sha256(s.stem.encode()).hexdigest())[:limit]
     return [LabeledPair(s.image_path, s.mask_path) for s in samples]
+
+
+def val_frames(pairs: list[LabeledPair], size: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(frame, label) mosaics of ``size`` covering every pair once (see ``converters.mosaic``)."""
+    from converters.mosaic import MosaicItem, iter_mosaics
+
+    items = [MosaicItem(p.image, p.mask) for p in pairs]
+    out = []
+    for m in iter_mosaics(items, size):
+        assert m.mask is not None
+        out.append((m.frame, m.mask))
+    return out
 
 
 def score_segmenter(seg, pairs: list[LabeledPair], threshold: float, desc: str = "", progress: bool = True):
@@ -135,95 +168,164 @@ def median_latency_ms(seg, frame: np.ndarray, runs: int = 20, warmup: int = 3) -
 
 
 def gate(results: dict[str, dict], max_f1_drop: float) -> tuple[bool, dict[str, float]]:
-    """F1 drop of every INT8 variant against its fp32 reference; passed when all are within bounds."""
+    """F1 drop of every INT8 variant against its fp32 reference of the same size; passed when all
+    are within bounds."""
     drops = {}
     for label, r in results.items():
         if r["precision"] != "int8":
             continue
-        ref = f"{r['backend']}-fp32" if f"{r['backend']}-fp32" in results else "torch-fp32"
-        if ref not in results:
+        suffix = label.partition("@")[2]
+        at = f"@{suffix}" if suffix else ""
+        ref = next((k for k in (f"{r['backend']}-fp32{at}", f"torch-fp32{at}") if k in results), None)
+        if ref is None:
             continue
         drops[label] = round(results[ref]["f1"] - r["f1"], 6)
     return all(d <= max_f1_drop for d in drops.values()), drops
 
 
-def validate_models(data: str | Path, artifacts: dict[str, Path], contract: InferenceContract, torch_module=None,
+def _score(seg, frames, threshold: float, keep_masks: bool = False, desc: str = "", progress: bool = True):
+    from tqdm import tqdm
+
+    from edge_agent.evaluation.metrics import ScoreAccumulator
+
+    acc = ScoreAccumulator(2.0)
+    masks = []
+    for frame, gt in tqdm(frames, desc=desc, disable=not progress, mininterval=5, leave=False):
+        pred = seg.probabilities(frame) >= threshold
+        acc.add(pred, gt)
+        if keep_masks:
+            masks.append(pred)
+    return acc.result(), masks
+
+
+def _entry(seg, path: Path | None, score, size, frames: int, latency: float | None) -> dict:
+    return {"precision": seg.info.precision, "backend": seg.backend_name, "file": path.name if path else None,
+            "input_size": list(size), "frames": frames, "f1": score.f1, "iou": score.iou,
+            "precision_px": score.precision, "recall_px": score.recall,
+            "median_ms": round(latency, 3) if latency is not None else None,
+            "size_bytes": path.stat().st_size if path else None}
+
+
+def validate_models(data, artifacts: dict[str, Path], contract: InferenceContract, torch_module=None,
                     split: str = "val", threads: int | None = None, runs: int = 20, max_f1_drop: float = 0.01,
                     limit: int | None = None, threshold: float | None = None, progress: bool = True) -> dict:
-    """Report dict for ``artifacts`` (label -> .onnx/.tflite path) and optionally the torch model.
+    """Report dict for ``artifacts`` (any labels -> .onnx/.tflite paths) and optionally the torch model.
 
-    Labels are ``<backend>-<precision>`` (e.g. ``onnx-int8``); the precision and backend
-    are read from the runtime, not from the label.
+    Results are keyed ``<backend>-<precision>@<H>x<W>`` (read from each artifact, not from its
+    label). The torch model is scored at every artifact size present.
     """
     from edge_agent.detectors.runtime import open_model
 
     pairs = labeled_pairs(data, split, limit)
     threshold = contract.threshold if threshold is None else threshold
-    segs = {}
-    if torch_module is not None:
-        segs["torch-fp32"] = (torch_segmenter(torch_module, contract, threads), None)
+    segs: dict[str, tuple] = {}
     for path in artifacts.values():
         seg = open_model(path, threads=threads)
-        label = f"{seg.backend_name}-{seg.info.precision}"
+        size = seg.contract.input_size or contract.input_size or (320, 480)
+        label = variant_label(seg.backend_name, seg.info.precision, size)
         if label in segs:
             raise ConvertError(f"two {label} models given ({segs[label][1]} and {path}); validate one at a time")
-        segs[label] = (seg, Path(path))
+        segs[label] = (seg, Path(path), tuple(size))
+    sizes = sorted({v[2] for v in segs.values()} or {tuple(contract.input_size or (320, 480))},
+                   key=lambda s: s[0] * s[1])
+    if torch_module is not None:
+        for size in sizes:
+            c = contract.model_copy(update={"input_size": size})
+            segs[variant_label("torch", "fp32", size)] = (torch_segmenter(torch_module, c, threads), None, size)
     if not segs:
         raise ConvertError("nothing to validate: give at least one model")
-    sizes = {seg.contract.input_size for seg, _ in segs.values()}
-    lat_size = next(iter(sizes)) or (contract.input_size or (320, 480))
-    frame = reference_frame(pairs[0].image, lat_size)
+    load_before = os.getloadavg()[0]
     results: dict[str, dict] = {}
-    for label in sorted(segs, key=lambda k: VARIANT_ORDER.index(k) if k in VARIANT_ORDER else 99):
-        seg, path = segs[label]
-        score = score_segmenter(seg, pairs, threshold, desc=f"validate {label}", progress=progress)
-        results[label] = {"precision": seg.info.precision, "backend": seg.backend_name,
-                          "file": path.name if path else None, "f1": score.f1, "iou": score.iou,
-                          "precision_px": score.precision, "recall_px": score.recall,
-                          "median_ms": round(median_latency_ms(seg, frame, runs), 3) if runs > 0 else None,
-                          "size_bytes": path.stat().st_size if path else None}
+    native_masks: dict[str, list] = {}
+    largest = sizes[-1]
+    frames_by_size = {}
+    for size in sizes:
+        frames = frames_by_size[size] = val_frames(pairs, size)
+        labels = sorted((k for k, v in segs.items() if v[2] == size), key=_order)
+        for label in labels:
+            seg, path, _ = segs[label]
+            keep = size == largest and len(sizes) > 1 and seg.info.precision == "int8"
+            score, masks = _score(seg, frames, threshold, keep, f"validate {label}", progress)
+            if keep:
+                native_masks[label] = masks
+            latency = median_latency_ms(seg, frames[0][0], runs) if runs > 0 else None
+            results[label] = _entry(seg, path, score, size, len(frames), latency)
     passed, drops = gate(results, max_f1_drop)
-    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "data": str(data), "split": split,
-            "images": len(pairs), "threshold": threshold, "tolerance_px": 2.0, "threads": threads,
-            "latency_input": list(lat_size), "latency_runs": runs, "machine": platform.machine(),
-            "results": results, "f1_drop_vs_fp32": drops, "max_f1_drop": max_f1_drop, "passed": passed}
+    cross = native_vs_tiled(segs, native_masks, frames_by_size.get(largest, []), sizes, threshold, runs,
+                            max_f1_drop, progress)
+    passed = passed and all(c["passed"] for c in cross)
+    names = sorted({Path(f).name for f in (data if isinstance(data, list | tuple) else [data])})
+    return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "data": "+".join(names),
+            "split": split, "images": len(pairs), "threshold": threshold, "tolerance_px": 2.0, "threads": threads,
+            "latency_runs": runs, "machine": platform.machine(), "cpus": os.cpu_count(),
+            "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "sizes": {size_tag(s): len(f) for s, f in frames_by_size.items()},
+            "results": results, "f1_drop_vs_fp32": drops, "native_vs_tiled": cross,
+            "max_f1_drop": max_f1_drop, "passed": passed}
 
 
-def summary_for_manifest(report: dict) -> dict:
-    """The subset of a report that goes into the bundle manifest (``ValidationSummary``)."""
-    keys = ("data", "split", "images", "threshold", "tolerance_px", "threads", "latency_input", "results",
-            "f1_drop_vs_fp32", "max_f1_drop", "passed")
-    out = {k: report[k] for k in keys}
-    out["data"] = Path(report["data"]).name
+def _order(label: str) -> int:
+    base = label.partition("@")[0]
+    return VARIANT_ORDER.index(base) if base in VARIANT_ORDER else 99
+
+
+def native_vs_tiled(segs: dict, native_masks: dict, frames: list, sizes: list, threshold: float, runs: int,
+                    max_f1_drop: float, progress: bool = True) -> list[dict]:
+    """Largest-size INT8 artifacts on their native frames vs the smallest artifact of the same format
+    over the same frames as runtime tiles: F1 of each against the labels and between the masks."""
+    from edge_agent.evaluation.metrics import ScoreAccumulator
+
+    if len(sizes) < 2 or not frames:
+        return []
+    small, large = sizes[0], sizes[-1]
+    out = []
+    for label, masks in native_masks.items():
+        backend = segs[label][0].backend_name
+        tiled_label = variant_label(backend, "int8", small)
+        if tiled_label not in segs:
+            continue
+        tiled_seg = segs[tiled_label][0]
+        score_tiled, tiled_masks = _score(tiled_seg, frames, threshold, True, f"tiles {tiled_label}", progress)
+        between = ScoreAccumulator(2.0)
+        for native, tiled in zip(masks, tiled_masks):
+            between.add(tiled, native)
+        b = between.result()
+        native_f1 = _native_f1(segs, label, masks, frames)
+        latency = median_latency_ms(tiled_seg, frames[0][0], runs) if runs > 0 else None
+        out.append({"backend": backend, "precision": "int8", "native": size_tag(large), "tiled": size_tag(small),
+                    "frames": len(frames), "f1_native": native_f1, "f1_tiled": score_tiled.f1,
+                    "iou_tiled": score_tiled.iou, "precision_tiled": score_tiled.precision,
+                    "recall_tiled": score_tiled.recall,
+                    "f1_between": b.f1, "iou_between": b.iou, "precision_between": b.precision,
+                    "recall_between": b.recall, "tiled_median_ms": round(latency, 3) if latency else None,
+                    "tiles_per_frame": len(tiled_seg.plan_for(*frames[0][0].shape[:2]).tiles) or 1,
+                    "native_minus_tiled": round(native_f1 - score_tiled.f1, 6),
+                    "passed": native_f1 >= score_tiled.f1 - max_f1_drop})
     return out
 
 
+def _native_f1(segs, label, masks, frames) -> float:
+    from edge_agent.evaluation.metrics import ScoreAccumulator
+
+    acc = ScoreAccumulator(2.0)
+    for pred, (_, gt) in zip(masks, frames):
+        acc.add(pred, gt)
+    return acc.result().f1
+
+
+def summary_for_manifest(report: dict) -> dict:
+    from converters.report import summary_for_manifest as summary
+
+    return summary(report)
+
+
 def render_markdown(report: dict) -> str:
-    lines = [f"# Validation report ({report['created']})", "",
-             f"Data: `{report['data']}` split **{report['split']}**, {report['images']} images; threshold "
-             f"{report['threshold']:.2f}; F1 with {report['tolerance_px']:g} px tolerance, counts summed over the "
-             f"data set. Latency: median of {report['latency_runs']} runs of one "
-             f"{report['latency_input'][0]}x{report['latency_input'][1]} frame through the runtime "
-             f"(threads: {report['threads'] or 'default'}, {report['machine']}).", "",
-             "| model | F1@2px | IoU | precision | recall | median ms | size |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for label, r in report["results"].items():
-        ms = f"{r['median_ms']:.1f}" if r["median_ms"] is not None else "-"
-        size = f"{r['size_bytes'] / 1e6:.2f} MB" if r["size_bytes"] else "-"
-        lines.append(f"| {label} | {r['f1']:.4f} | {r['iou']:.4f} | {r['precision_px']:.4f} | {r['recall_px']:.4f} "
-                     f"| {ms} | {size} |")
-    lines.append("")
-    for label, drop in report["f1_drop_vs_fp32"].items():
-        ok = "ok" if drop <= report["max_f1_drop"] else "**TOO LARGE**"
-        lines.append(f"- {label}: F1 drop vs fp32 {drop:+.4f} (allowed {report['max_f1_drop']:.4f}) {ok}")
-    lines += ["", f"Result: **{'PASSED' if report['passed'] else 'FAILED'}**", ""]
-    return "\n".join(lines)
+    from converters.report import render_markdown as render
+
+    return render(report)
 
 
-def write_reports(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    j, m = out_dir / "report.json", out_dir / "report.md"
-    j.write_text(json.dumps(report, indent=2) + "\n")
-    m.write_text(render_markdown(report))
-    return j, m
+def write_reports(report: dict, out_dir: str | Path, stem: str = "report") -> tuple[Path, Path]:
+    from converters.report import write_reports as write
+
+    return write(report, out_dir, stem)
