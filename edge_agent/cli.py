@@ -97,7 +97,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # -- config ----------------------------------------------------------------------------
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from edge_agent.config.loader import check_config_main
+    from edge_agent.config import check_config_main
 
     return check_config_main(args.file)
 

@@ -21,9 +21,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+
+import cv2
 
 from edge_agent.agent.commands import AgentCommands, CommandRegistry, ConfigHolder, PauseSwitch
+from edge_agent.agent.coverage import CoverageSettings, CoverageTracker, FrameSelector
 from edge_agent.agent.health import HealthCollector
 from edge_agent.agent.pipeline import InferenceStage, ModelSlot, ReportStage, Segmented
 from edge_agent.agent.reporter import Reporter
@@ -40,7 +43,7 @@ from edge_agent.video.capture import FrameCapture
 from edge_agent.video.factory import capture_from_config
 
 if TYPE_CHECKING:
-    from edge_agent.service.http import HealthServer
+    from edge_agent.service.http import HealthServer, HealthSnapshot
     from edge_agent.updates.manager import UpdateManager
 
 log = logging.getLogger(__name__)
@@ -82,6 +85,8 @@ class Agent:
         self.updates: UpdateManager | None = None
         self.model: ModelSlot | None = None
         self.capture: FrameCapture | None = None
+        self.selector: FrameSelector | None = None
+        self.coverage = CoverageTracker()
         self.position: PositionProvider | None = None
         self.comms: Communicator | None = None
         self.registry: CommandRegistry | None = None
@@ -104,7 +109,7 @@ class Agent:
     def start_steps(self) -> list[tuple[str, Callable[[], Teardown | None]]]:
         """The named steps of ``start()``, in order."""
         return [("state-dir", self._start_state_dir), ("http", self._start_http), ("updates", self._start_updates),
-                ("model", self._start_model), ("camera", self._start_camera), ("position", self._start_position),
+                ("model", self._start_model), ("position", self._start_position), ("camera", self._start_camera),
                 ("communicator", self._start_communicator), ("commands", self._start_commands),
                 ("link", self._start_link), ("delivery", self._start_delivery), ("pipeline", self._start_pipeline),
                 ("health-loop", self._start_health_loop)]
@@ -149,6 +154,9 @@ class Agent:
     # -- start steps -----------------------------------------------------------------------
     def _start_state_dir(self) -> None:
         Path(self.cfg.state_dir).mkdir(parents=True, exist_ok=True)
+        # The pipeline's stages are the parallelism: OpenCV's own thread pool inside a
+        # measurement or a resize would only compete with the model's threads for the cores.
+        cv2.setNumThreads(1)
 
     def _start_http(self) -> Teardown | None:
         if not self.cfg.http.enabled:
@@ -181,7 +189,13 @@ class Agent:
                  segmenter.info.precision, segmenter.info.strategy)
 
     def _start_camera(self) -> Teardown:
-        self.capture = capture_from_config(self.cfg.camera)
+        cfg = self.cfg
+        cov, measure = cfg.coverage, cfg.measurement
+        settings = CoverageSettings(enabled=cov.enabled, overlap=cov.overlap, speed_mps=cov.speed_mps,
+                                    stopped_interval_s=cov.stopped_interval_s,
+                                    gsd_along_mm=measure.gsd_along_travel, travel_axis=measure.travel_axis)
+        self.selector = FrameSelector(settings, self._position().speed_at)
+        self.capture = capture_from_config(cfg.camera, selector=self.selector)
         self.capture.start()
         return self.capture.stop
 
@@ -194,7 +208,11 @@ class Agent:
         comms = open_communicator(self.cfg.mqtt, self.cfg.device_id, state_dir=self.cfg.state_dir,
                                   status={"model": self._model_status()})
         self.comms = comms
-        return lambda: comms.stop(flush_timeout=0.5)
+
+        def stop() -> None:
+            comms.stop(flush_timeout=0.5)  # what the broker has not acknowledged stays in the outbox
+
+        return stop
 
     def _start_commands(self) -> None:
         registry = CommandRegistry(verify=self._command_verifier(), audit=self._audit)
@@ -220,11 +238,14 @@ class Agent:
         assert reporter is not None
         self.inference = InferenceStage(capture, self._model_slot(), self.segmented, self.stats,
                                         on_frame_done=self._frame_done, max_frames=self.max_frames,
-                                        on_inference_failure=self._inference_failed, paused=self.pause.event)
+                                        on_inference_failure=self._inference_failed, paused=self.pause.event,
+                                        workers=self.cfg.model.workers, coverage=self.coverage,
+                                        footprint=lambda: self.selector.footprint if self.selector else None)
         self.report = ReportStage(self.segmented, reporter, self.stats)
         self.health = HealthCollector(self.stats, capture, self._comms(), self._model_info, self._model_manifest,
                                       self.segmented.qsize, self.cfg.health.memory_limit,
-                                      paused=lambda: self.pause.paused, extra=self._health_extra)
+                                      paused=lambda: self.pause.paused, extra=self._health_extra,
+                                      coverage=self._coverage_window)
         self.report.start()
         self.inference.start()
         return self._stop_pipeline
@@ -260,6 +281,8 @@ class Agent:
             "detection_messages": s["detection_messages"], "detections_published": link.acked,
             "pending": link.outbox_depth, "dropped": cam.frames_dropped + link.dropped,
             "frames_dropped": cam.frames_dropped, "outbox_dropped": link.dropped,
+            "frames_skipped_coverage": cam.frames_skipped_coverage, "frames_skipped_fps": cam.frames_skipped,
+            "coverage": self._coverage_overall(), "driven_m": self._driven_m(),
             "outbox_corrupt": link.outbox_corrupt, "outbox_lost_files": link.outbox_lost_files,
             "frame_errors": s["frame_errors"], "inference_errors": s["inference_errors"],
             "report_errors": s["report_errors"],
@@ -300,7 +323,9 @@ class Agent:
                 try:
                     self._comms().publish_health(self._health_payload())
                     if self.health is not None:
-                        self.notifier.status(self.health.status_line())
+                        line = self.health.status_line()
+                        self.notifier.status(line)
+                        log.info("progress: %s", line)  # a long run is never silent until its summary
                 except Exception:
                     log.exception("health report failed")
 
@@ -317,14 +342,34 @@ class Agent:
             self.pause.set(memory=False)
             log.warning("RSS back under the memory limit: accepting frames again")
 
+    # -- coverage --------------------------------------------------------------------------
+    def _driven_m(self) -> float | None:
+        selector = self.selector
+        return None if selector is None or not selector.speed_known else round(selector.odometer_m, 2)
+
+    def _coverage_overall(self) -> float | None:
+        selector = self.selector
+        if selector is None or not selector.speed_known:
+            return None
+        value = self.coverage.coverage(selector.odometer_m)
+        return None if value is None else round(value, 4)
+
+    def _coverage_window(self) -> float | None:
+        """Coverage over the last health interval (None without a known speed)."""
+        selector = self.selector
+        if selector is None or not selector.speed_known:
+            return None
+        value = self.coverage.window(selector.odometer_m)
+        return None if value is None else round(value, 4)
+
     # -- health and model info -------------------------------------------------------------
-    def _health_flat(self) -> dict:
+    def _health_flat(self) -> HealthSnapshot:
         """What the HTTP endpoints read; 'not ready' until the pipeline exists."""
         if self.health is None:
             return {"model_loaded": self.model is not None, "heartbeat_age_s": None, "camera_last_frame_age_s": None,
                     "outbox_writable": False, "uptime_s": self.stats.snapshot()["uptime_s"],
                     "model": self._model_info() if self.model is not None else None, "model_manifest": None}
-        return self.health.flat()
+        return cast(HealthSnapshot, self.health.flat())
 
     def _health_payload(self) -> dict:
         if self.health is None:

@@ -88,7 +88,7 @@ class Reporter:
             self.comms.publish_detection(payload, ts=frame.capture_ts)
             self.stats.add("detection_messages")
             self.stats.add("cracks_reported", len(tracked))
-            self.stats.add("new_cracks", payload["new_crack_count"])
+            self.stats.add("new_cracks", sum(1 for t in tracked if t.is_new))
         self._maybe_snapshot(item, len(tracked), reporting)
 
     def _maybe_snapshot(self, item: Segmented, crack_count: int, reporting: ReportingConfig) -> None:

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 
 from edge_agent.config.base import ConfigSection
 from edge_agent.config.camera import CameraConfig
+from edge_agent.config.coverage import CoverageConfig
 from edge_agent.config.measurement import MeasurementConfig
 from edge_agent.config.mqtt import MqttConfig
 from edge_agent.config.position import PositionConfig
@@ -43,6 +44,7 @@ class AgentConfig(ConfigSection):
     model: ModelConfig = Field(default_factory=ModelConfig)
     camera: CameraConfig
     measurement: MeasurementConfig = Field(default_factory=MeasurementConfig)
+    coverage: CoverageConfig = Field(default_factory=CoverageConfig)
     position: PositionConfig = Field(default_factory=PositionConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     reporting: ReportingConfig = Field(default_factory=ReportingConfig)

@@ -97,6 +97,9 @@ class ModelConfig(ConfigSection):
     precision: Literal["int8", "fp32"] | None = Field(None, description="artifact to pick inside a bundle; null = "
                                                                        "the bundle's default")
     threads: int | None = Field(None, ge=1, le=64, description="inference threads; null = all cores")
+    workers: int = Field(1, ge=1, le=8, description=(
+        "inference workers, each segmenting whole frames in parallel (results stay in frame order); 2 workers "
+        "x 1 thread can beat 1 x 2 where one frame's work does not fill the cores"))
     providers: list[ProviderName] = Field(default_factory=lambda: ["cpu"], min_length=1,
                                  description="onnxruntime execution providers in order of preference")
     batch_size: int = Field(1, description="frames per inference call; must be 1 (see _batch_of_one)")
