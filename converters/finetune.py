@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,7 @@ class FinetuneReport:
         return asdict(self)
 
 
-def finetune(model, data_dirs: list[str | Path], contract: InferenceContract, epochs: int = 5,
+def finetune(model, data_dirs: Sequence[str | Path], contract: InferenceContract, epochs: int = 5,
              minutes: float | None = None, lr: float = 1e-3, batch_size: int = 8, crop: int = 256,
              max_half_width: float = 3.0, seed: int = 0, max_steps: int | None = None,
              progress: bool = True):

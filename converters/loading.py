@@ -240,7 +240,8 @@ def _from_object(obj: Any, path: Path, digest: str, arch: str | None, arch_confi
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a checkpoint dict or state_dict")
     state_key = next((k for k in ("model_state_dict", "state_dict", "model") if isinstance(obj.get(k), dict)), None)
     if state_key is not None:
-        config = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+        raw_config = obj.get("config")
+        config: dict = raw_config if isinstance(raw_config, dict) else {}
         architecture = arch or config.get("architecture") or REFERENCE_ARCH
         model_config = arch_config if arch_config is not None else config.get("model")
         state = obj[state_key]
@@ -248,7 +249,8 @@ def _from_object(obj: Any, path: Path, digest: str, arch: str | None, arch_confi
             model_config = reference_config_from_state_dict(_strip_prefix(state))
         pruning = config.get("pruning")
         module = build_and_load(architecture, model_config, state, path, pruned=pruning is not None)
-        metrics = obj.get("metrics") if isinstance(obj.get("metrics"), dict) else {}
+        raw_metrics = obj.get("metrics")
+        metrics: dict = raw_metrics if isinstance(raw_metrics, dict) else {}
         return LoadedModel("checkpoint", path, digest, _contract_from(config), module=module,
                            architecture=architecture, model_config=model_config, metrics=metrics, pruning=pruning)
     if all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -58,11 +58,13 @@ def rank_checkpoints(folder: str | Path, metric: str = "f1", lower_is_better: bo
         if not isinstance(obj, dict):
             out.append(Ranked(p, None, None, "not a checkpoint dict"))
             continue
-        metrics = obj.get("metrics") if isinstance(obj.get("metrics"), dict) else {}
+        raw = obj.get("metrics")
+        metrics: dict = raw if isinstance(raw, dict) else {}
         value = _metric(metrics, metric)
         epoch = obj.get("epoch") if isinstance(obj.get("epoch"), int) else None
         out.append(Ranked(p, value, epoch, "" if value is not None else f"no metric '{metric}'"))
-    scored = sorted((r for r in out if r.value is not None), key=lambda r: r.value, reverse=not lower_is_better)
+    scored = sorted((r for r in out if r.value is not None), key=lambda r: float(r.value or 0.0),
+                    reverse=not lower_is_better)
     return scored + [r for r in out if r.value is None]
 
 
