@@ -21,6 +21,7 @@ import numpy as np
 TINY_WIDTHS = [16, 32, 32, 32, 32]
 IMAGE_HW = (96, 128)
 EXPORT_HW = (64, 96)
+LARGE_HW = (96, 128)  # the "camera" size of the multi-size chain: one generated image per frame
 
 
 def synthetic_pavement(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +92,7 @@ def tiny_data() -> dict:
 
 @functools.lru_cache(maxsize=1)
 def tiny_chain() -> dict:
-    """The whole ``build`` chain on the tiny model (ONNX + TFLite, fp32 + INT8), signed, made once."""
+    """The whole ``build`` chain on the tiny model (ONNX + TFLite, fp32 + INT8, two sizes), signed, made once."""
     from converters.build import BuildOptions, build
     from converters.keys import generate_keypair
 
@@ -99,7 +100,7 @@ def tiny_chain() -> dict:
     priv, pub = generate_keypair(d["root"] / "keys")
     out = d["root"] / "bundle"
     build(BuildOptions(checkpoint=d["checkpoint"], calib=d["data"], val=d["data"], out=out, name="tiny",
-                       version="1.2.3", input_size=EXPORT_HW, calib_count=8, split="all", runs=2,
+                       version="1.2.3", sizes=[EXPORT_HW, LARGE_HW], calib_count=4, split="all", runs=2,
                        max_f1_drop=0.25, sign_key=priv, archive=d["root"] / "tiny.tar.gz", progress=False),
           log=lambda *_: None)
     return {**d, "bundle": out, "archive": d["root"] / "tiny.tar.gz", "private": priv, "public": pub}

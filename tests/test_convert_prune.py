@@ -104,7 +104,7 @@ def test_build_with_pruning_records_it_in_the_manifest(tmp_path):
 
     d = tiny_data()
     out = build(BuildOptions(checkpoint=d["checkpoint"], calib=d["data"], val=d["data"], out=tmp_path / "b",
-                             name="tiny-pruned", version="0.2.0", input_size=(64, 96), prune=0.5,
+                             name="tiny-pruned", version="0.2.0", sizes=[(64, 96)], prune=0.5,
                              finetune_max_steps=2, finetune_crop=64, finetune_batch_size=4, tflite=False,
                              calib_count=4, split="all", limit=4, runs=0, max_f1_drop=1.0, progress=False),
                 log=lambda *_: None)
