@@ -36,6 +36,7 @@ from edge_agent.updates.signed_commands import command_verifier_for, sign_comman
 
 SECRET = (b"root:$6$not-really-a-hash:19000:0:99999:7:::\n" * 80)[:3187]  # a size no config value has
 TOPIC = "crackseg/van-1/cmd/model-update"
+PREFIX_STATUS = "crackseg/van-1/cmd/model-status"
 
 
 def manager(state: Path, **updates) -> UpdateManager:
@@ -222,3 +223,13 @@ def test_the_signature_rule_for_model_changes_can_be_relaxed(tmp_path, keyed) ->
     m.register_commands(registry)
     with pytest.raises(CommandError, match="nothing to roll back"):
         registry(Command("model-rollback", {}, "crackseg/van-1/cmd/model-rollback"))
+
+
+def test_a_command_with_unencodable_text_is_still_audited(tmp_path) -> None:
+    """A lone surrogate (valid in JSON, not in UTF-8) must not make the audit record disappear."""
+    m = manager(tmp_path)
+    registry = CommandRegistry(audit=m.audit)
+    m.register_commands(registry)
+    registry(Command("model-status", {"note": "\ud800"}, PREFIX_STATUS, request_id="r-\ud800"))
+    records = list(AuditLog(tmp_path / "audit.jsonl").entries())
+    assert [(r["command"], r["request_id"]) for r in records] == [("model-status", "r-\ud800")]

@@ -40,6 +40,10 @@ class AuditLog:
         record = {"time": iso_utc(now), "ts": round(now, 3), "event": event, "origin": origin or "unknown",
                   "outcome": outcome, **fields}
         line = json.dumps(record, default=str, separators=(",", ":"), ensure_ascii=False) + "\n"
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate sent in a command: escape it rather than lose the record
+            line = json.dumps(record, default=str, separators=(",", ":"), ensure_ascii=True) + "\n"
         log.info("audit %s", line.rstrip("\n"))
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)

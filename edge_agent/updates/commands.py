@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.comms.base import Command, CommandError
 from edge_agent.updates.chunks import TransferError
-from edge_agent.updates.download import check_sha256
+from edge_agent.updates.download import check_sha256, check_url_text
 from edge_agent.updates.state import Job, Stage
 from edge_agent.updates.store import UpdateError
 
@@ -109,7 +109,7 @@ class UpdateCommands:
         req = parse_args(UpdateRequest, cmd)
         try:
             sha = check_sha256(req.sha256)
-            job = Job(update_id=new_update_id(), origin=command_origin(cmd), sha256=sha, url=req.url,
+            job = Job(update_id=new_update_id(), origin=command_origin(cmd), sha256=sha, url=check_url_text(req.url),
                       size=req.size, version=req.version)
             return self.manager.start(job)
         except UpdateError as exc:

@@ -37,6 +37,7 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 BLOCK = 1 << 16
 SOCKET_TIMEOUT_S = 30.0
 USER_AGENT = "crackseg-edge-updater"
+MAX_URL_CHARS = 4096
 
 Progress = Callable[[int, int | None], None]
 
@@ -63,6 +64,19 @@ def check_sha256(value: object, what: str = "sha256") -> str:
     if not isinstance(value, str) or not SHA256_RE.match(value.lower()):
         raise DownloadError(f"'{what}' must be the 64 hex digits of the archive's sha256 (sha256sum FILE)")
     return value.lower()
+
+
+def check_url_text(url: object) -> str:
+    """A URL that can be logged, redacted and sent on: UTF-8 text without control characters."""
+    if not isinstance(url, str) or not url or len(url) > MAX_URL_CHARS:
+        raise DownloadError(f"'url' must be text of 1 to {MAX_URL_CHARS} characters")
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DownloadError("'url' is not valid Unicode text") from None
+    if any(ord(c) < 32 or ord(c) == 127 for c in url):
+        raise DownloadError("'url' must not contain control characters")
+    return url
 
 
 @dataclass(frozen=True)
@@ -256,6 +270,7 @@ class DownloadArea:
               progress: Progress | None = None) -> Path:
         """Download ``url`` (http, https or file) unless an intact copy with this sha256 is here already."""
         sha256 = check_sha256(sha256)
+        url = check_url_text(url)
         if size is not None and size > limits.max_bytes:
             raise DownloadError(f"the bundle is {size} bytes, over updates.max_bundle_bytes ({limits.max_bytes}); "
                                 "refused")

@@ -50,7 +50,7 @@ from edge_agent.updates.device import (  # noqa: F401 - re-exported: tools impor
     model_public_key_of,
     selftest_segmenter,
 )
-from edge_agent.updates.download import DownloadArea, FetchLimits, check_sha256
+from edge_agent.updates.download import DownloadArea, FetchLimits, check_sha256, check_url_text
 from edge_agent.updates.state import BUSY, Job, Stage, UpdateState
 from edge_agent.updates.store import ModelStore, StoreError, UpdateError, kill_point
 from edge_agent.updates.watch import ServiceWatch, WatchDecision, WatchRules
@@ -173,8 +173,8 @@ class UpdateManager:
     def update(self, url: str, sha256: str, size: int | None = None, version: str | None = None,
                origin: str = "local") -> dict:
         """The whole update of ``url`` in the calling thread (tools, tests); returns the last event."""
-        job = Job(update_id=new_update_id(), origin=origin, sha256=check_sha256(sha256), url=url, size=size,
-                  version=version)
+        job = Job(update_id=new_update_id(), origin=origin, sha256=check_sha256(sha256), url=check_url_text(url),
+                  size=size, version=version)
         fps_before, baseline = self.state.begin(job, closing=self._closing.is_set())
         return self._run(job, fps_before, baseline)
 
