@@ -194,12 +194,16 @@ class ChunkAssembler:
                 + f"; {self._how_to_end()}")
 
     def disk_bytes(self) -> int:
-        """Every byte under ``downloads/``: unfinished transfers, received archives, a download under way."""
+        """Data under ``downloads/``: unfinished chunks, received archives, a download under way.
+
+        The few bytes of each ``meta.json`` are left out, so that two full transfers fit in
+        the default of twice ``max_bundle_bytes``.
+        """
         total = 0
         if self.area.root.is_dir():
             for p in self.area.root.rglob("*"):
                 try:
-                    if p.is_file() and not p.is_symlink():
+                    if p.is_file() and not p.is_symlink() and p.name != "meta.json":
                         total += p.stat().st_size
                 except OSError:
                     continue
