@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
+from typing import IO
 from urllib.parse import unquote, urlsplit
 
 from edge_agent.updates.store import UpdateError, fsync_path
@@ -145,7 +146,8 @@ class _SchemeCheckingRedirects(urllib.request.HTTPRedirectHandler):
     def __init__(self, allowed: tuple[str, ...]):
         self.allowed = tuple(s for s in allowed if s in ("http", "https"))
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 - urllib's signature
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                         headers: http.client.HTTPMessage, newurl: str) -> urllib.request.Request | None:
         if urlsplit(newurl).scheme.lower() not in self.allowed:
             raise urllib.error.URLError("redirect to a URL scheme this device does not allow")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
