@@ -1,6 +1,7 @@
 """Over-the-air model updates: verified download, self-test, atomic switch, watch and rollback.
 
 - ``store``: installed bundles under ``<state_dir>/models`` with ``active``/``previous`` links;
+- ``durable``: fsynced writes, atomic link switches and the crash-test hook ``kill_point``;
 - ``download``: http/https/file downloads; ``chunks``: chunked transfer over MQTT;
 - ``manager``: ``UpdateManager``, the flow from a command to a confirmed or rolled back model;
 - ``state``: its stages (``Stage``) and the lock that guards only their transitions;
@@ -10,7 +11,7 @@
 - ``watch``: the in-service rules;
 - ``signed_commands``: Ed25519-signed, fresh, one-time commands;
 - ``audit``: ``<state_dir>/audit.jsonl``;
-- ``cli``: ``crackseg-edge model list|activate|rollback``.
+- ``cli``: ``crackseg-edge model list|install|activate|rollback``.
 See docs/updates.md.
 """
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import IO
 
 from edge_agent.updates.download import DownloadArea, DownloadError, check_sha256
-from edge_agent.updates.store import UpdateError, kill_point, write_file_synced
+from edge_agent.updates.durable import kill_point, write_file_synced
+from edge_agent.updates.store import UpdateError
 from edge_agent.util.files import sha256_file
 
 TRANSFER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import unquote, urlsplit
 
-from edge_agent.updates.store import UpdateError, fsync_path
+from edge_agent.updates.durable import fsync_path
+from edge_agent.updates.store import UpdateError
 from edge_agent.util.files import sha256_file
 from edge_agent.util.urls import redact_url
 

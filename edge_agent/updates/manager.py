@@ -51,8 +51,9 @@ from edge_agent.updates.device import (  # noqa: F401 - re-exported: tools impor
     selftest_segmenter,
 )
 from edge_agent.updates.download import DownloadArea, FetchLimits, check_sha256, check_url_text
+from edge_agent.updates.durable import kill_point
 from edge_agent.updates.state import BUSY, Job, Stage, UpdateState
-from edge_agent.updates.store import ModelStore, StoreError, UpdateError, kill_point
+from edge_agent.updates.store import ModelStore, StoreError, UpdateError
 from edge_agent.updates.watch import ServiceWatch, WatchDecision, WatchRules
 
 log = logging.getLogger(__name__)

@@ -51,7 +51,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from edge_agent.comms.base import Command, CommandError
-from edge_agent.updates.store import UpdateError, write_file_synced
+from edge_agent.updates.durable import write_file_synced
+from edge_agent.updates.store import UpdateError
 from edge_agent.util.files import append_line_synced
 
 log = logging.getLogger(__name__)

@@ -26,9 +26,7 @@ import json
 import logging
 import os
 import re
-import secrets
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -46,10 +44,18 @@ from edge_agent.bundle import (
 )
 from edge_agent.bundle.manifest import CHECKSUM_NAME, version_key
 from edge_agent.errors import UserError
+from edge_agent.updates.durable import (  # noqa: F401 - KILL_ENV, kill_point, write_file_synced: re-exported
+    KILL_ENV,
+    copy_synced,
+    fsync_path,
+    kill_point,
+    remove_link,
+    replace_symlink,
+    write_file_synced,
+)
 
 log = logging.getLogger(__name__)
 
-KILL_ENV = "CRACKSEG_TEST_KILL_AT"
 ACTIVE = "active"
 PREVIOUS = "previous"
 PENDING = "pending.json"
@@ -64,60 +70,6 @@ class UpdateError(UserError):
 
 class StoreError(UpdateError):
     """The model store (``<state_dir>/models``) refuses an operation or holds something unusable."""
-
-
-def kill_point(stage: str) -> None:
-    """Crash-test hook: SIGKILL this process at ``stage`` when ``$CRACKSEG_TEST_KILL_AT`` names it.
-
-    Used by tests/test_updates_killpoints.py to prove that a power cut at any step leaves a
-    valid model; a no-op unless the variable is set to exactly this stage.
-    """
-    if os.environ.get(KILL_ENV) == stage:
-        log.warning("test hook: killing the process at stage %s", stage)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or a folder (a folder's fsync makes renames and new links in it durable)."""
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file_synced(path: Path, data: bytes) -> None:
-    """Write ``path`` atomically: temp file, fsync, rename, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_path(path.parent)
-
-
-def replace_symlink(link: Path, target_name: str) -> None:
-    """Point ``link`` at ``target_name`` (relative) atomically and durably."""
-    tmp = link.with_name(f".{link.name}.tmp-{secrets.token_hex(4)}")
-    os.symlink(target_name, tmp)
-    kill_point(f"{link.name}_tmp_link")
-    os.replace(tmp, link)
-    fsync_path(link.parent)
-
-
-def remove_link(link: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        link.unlink()
-        fsync_path(link.parent)
-
-
-def _copy_synced(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with open(src, "rb") as fi, open(dst, "xb") as fo:
-        shutil.copyfileobj(fi, fo, 1 << 20)
-        fo.flush()
-        os.fsync(fo.fileno())
 
 
 @dataclass
@@ -240,7 +192,7 @@ class ModelStore:
                 if (bundle.root / SIGNATURE_NAME).is_file():
                     names.append(SIGNATURE_NAME)
                 for name in sorted(set(names)):
-                    _copy_synced(bundle.root / name, staging / name)
+                    copy_synced(bundle.root / name, staging / name)
                 for folder in sorted({p for p in staging.rglob("*") if p.is_dir()}, key=lambda p: -len(p.parts)):
                     fsync_path(folder)
                 fsync_path(staging)
