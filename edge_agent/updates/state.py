@@ -231,10 +231,10 @@ class UpdateState:
     def begin_rollback(self, automatic: bool) -> RollbackTicket | None:
         """-> rolling_back; None when ``automatic`` and nothing is watched any more."""
         with self._lock:
-            if self._stage is Stage.ROLLING_BACK:
-                raise BusyError("a rollback is already in progress; wait for its result")
             if automatic and self._stage is not Stage.WATCHING:
                 return None
+            if self._stage is Stage.ROLLING_BACK:
+                raise BusyError("a rollback is already in progress; wait for its result")
             if self._stage in BUSY:
                 raise BusyError(f"an update is in progress (stage {self._stage}); roll back after it finished")
             ticket = RollbackTicket(self._stage, self._job if self._stage is Stage.WATCHING else None, self._watch)
