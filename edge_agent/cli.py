@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--model", help="model .onnx/.tflite or bundle (default: the shipped reference bundle)")
-        sp.add_argument("--backend", choices=["onnx", "tflite"], help="inference backend (default: onnx)")
+        sp.add_argument("--backend", choices=["onnx", "tflite", "auto"],
+                        help="inference runtime (default: onnx; auto = the faster one here, measured once)")
         sp.add_argument("--threshold", type=float, help="decision threshold (default: the model's own)")
         sp.add_argument("--threads", type=int, help="inference threads (default: all cores)")
 
@@ -199,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--state-dir", help="folder for the outbox, sequence numbers and models")
     r.add_argument("--max-frames", type=int, help="stop after N frames once everything is delivered or persisted")
     r.add_argument("--model", help="model file or bundle (overrides the config)")
-    r.add_argument("--backend", choices=["onnx", "tflite"])
+    r.add_argument("--backend", choices=["onnx", "tflite", "auto"], help="inference runtime (overrides the config)")
     r.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default=argparse.SUPPRESS,
                    help="log level; overrides logging.level of the config")
     r.set_defaults(func=cmd_run)

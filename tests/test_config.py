@@ -204,7 +204,7 @@ def test_bad_variables_name_the_variable(tmp_path: Path):
 
 def test_no_file_means_defaults_plus_overrides():
     cfg = load_config(None, {"camera.source": "/dev/video2"}, environ={})
-    assert cfg.camera.source == "/dev/video2" and cfg.model.backend == "onnx" and cfg.http.port == 8787
+    assert cfg.camera.source == "/dev/video2" and cfg.model.backend == "auto" and cfg.http.port == 8787
     with pytest.raises(ConfigError, match=r"camera: required key is missing"):
         load_config(None, environ={})
 

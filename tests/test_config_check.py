@@ -59,8 +59,18 @@ def test_inference_device_tflite_without_an_interpreter_names_the_variable(
 def test_onnx_without_onnxruntime_is_a_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    assert check_config_main(write(tmp_path, MINIMAL)) == 2
+    assert check_config_main(write(tmp_path, MINIMAL + "model:\n  backend: onnx\n")) == 2
     assert "model.backend: onnxruntime is not installed here: pip install onnxruntime" in capsys.readouterr().err
+
+
+def test_auto_needs_one_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    monkeypatch.setitem(sys.modules, "tflite_runtime", None)
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", None)
+    assert check_config_main(write(tmp_path, MINIMAL)) == 2  # backend auto is the default
+    assert "no inference runtime is installed" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ai_edge_litert") is None and importlib.util.find_spec(

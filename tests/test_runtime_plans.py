@@ -3,6 +3,7 @@ and uint8 graphs that normalise inside themselves: on real exported tiny models.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +139,24 @@ def test_bundle_with_two_sizes_opens_only_what_frames_need(tiny, tmp_path):
     assert not seg.artifacts[1].is_open  # never needed, never loaded
     small = seg.probabilities(frame(60, 90, seed=4))
     assert seg.last_plan.artifact == 1 and seg.artifacts[1].is_open and small.shape == (60, 90)
+
+
+def test_backend_auto_measures_once_and_remembers(tmp_path, monkeypatch):
+    pytest.importorskip("ai_edge_litert")
+    from edge_agent.detectors import choice
+
+    seg = open_model(backend="auto", threads=1, choice_cache=tmp_path)  # the shipped bundle: onnx and tflite
+    first = seg.artifacts[0]
+    assert first.is_open and seg.info.backend in ("onnx", "tflite")
+    saved = json.loads((tmp_path / choice.CACHE_NAME).read_text())
+    (entry,) = saved.values()
+    assert entry["backend"] == seg.info.backend and set(entry["ms"]) == {"onnx", "tflite"}
+    assert all(ms > 0 for ms in entry["ms"].values())
+
+    def no_timing(*a, **k):
+        raise AssertionError("the remembered choice was measured again")
+
+    monkeypatch.setattr(choice, "time_backend", no_timing)
+    again = open_model(backend="auto", threads=1, choice_cache=tmp_path)
+    assert again.info.backend == seg.info.backend
+    assert str(again.artifacts[0].path).endswith(".tflite" if seg.info.backend == "tflite" else ".onnx")

@@ -392,7 +392,9 @@ class Agent:
 
     # -- over-the-air updates (edge_agent.updates) -----------------------------------------
     def _load_model(self, path: Path | None) -> Segmenter:
-        return load_segmenter(self.cfg.model, path)
+        measure = self.cfg.measurement
+        return load_segmenter(self.cfg.model, path, gsd_mm_per_px=(measure.gsd_x, measure.gsd_y),
+                              choice_cache=Path(self.cfg.state_dir))
 
     def _swap_model(self, segmenter: Segmenter) -> None:
         old = self._model_slot().swap(segmenter)

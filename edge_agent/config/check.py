@@ -42,6 +42,10 @@ def backend_problem(backend: str) -> str | None:
     ai-edge-litert, else tflite_runtime): a package that is present but broken (a numpy ABI
     mismatch) fails here as it would at start-up. Nothing heavier is loaded.
     """
+    if backend == "auto":  # either runtime will do; the faster one present is picked at start
+        if backend_problem("onnx") is None or backend_problem("tflite") is None:
+            return None
+        return f"no inference runtime is installed: {ONNX_INSTALL}"
     if backend == "onnx":
         try:
             importlib.import_module("onnxruntime")
@@ -83,7 +87,7 @@ def model_problem(model: Any) -> tuple[str, str] | None:
     if suffix not in (".onnx", ".tflite"):
         return key, (f"{path}: unknown model format '{path.suffix}'; expected .onnx, .tflite or a bundle "
                      "(directory with manifest.json, or .tar.gz/.zip archive)")
-    if suffix != f".{model.backend}":
+    if model.backend != "auto" and suffix != f".{model.backend}":
         return key, (f"{path} is a {suffix} file but model.backend is {model.backend}: set backend "
                      f"{suffix.lstrip('.')} or deploy the .{model.backend} model")
     return None

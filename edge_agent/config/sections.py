@@ -93,7 +93,9 @@ class ModelConfig(ConfigSection):
                                                       "the shipped reference bundle")
     expected_version: str | None = Field(None, min_length=1, description="refuse to start when the loaded model "
                                                                           "reports another version (MODEL_VERSION)")
-    backend: Literal["onnx", "tflite"] = "onnx"
+    backend: Literal["onnx", "tflite", "auto"] = Field("auto", description=(
+        "inference runtime; auto = whichever runs each artifact faster on this machine (measured once, "
+        "remembered in the state folder)"))
     precision: Literal["int8", "fp32"] | None = Field(None, description="artifact to pick inside a bundle; null = "
                                                                        "the bundle's default")
     threads: int | None = Field(None, ge=1, le=64, description="inference threads; null = all cores")

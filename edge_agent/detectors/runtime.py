@@ -21,8 +21,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_agent.bundle.manifest import ArtifactEntry
 from edge_agent.contract import InferenceContract
 from edge_agent.detectors.backends.base import InferenceBackend
+from edge_agent.detectors.choice import BackendChoice
 from edge_agent.detectors.errors import ModelError
 from edge_agent.detectors.plan import FramePlan, choose_plan, gsd_scale
 from edge_agent.detectors.preprocess import InputAdapter, pad_to
@@ -32,6 +34,7 @@ ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 REFERENCE_BUNDLE = ASSETS_DIR / "models" / "reference"
 BUNDLE_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 BACKENDS = ("onnx", "tflite")
+BACKEND_CHOICES = (*BACKENDS, "auto")
 
 
 class FrameError(UserError, ValueError):
@@ -69,11 +72,12 @@ class Artifact:
     """One model file of a segmenter: its input size and contract, its session opened on first use."""
 
     def __init__(self, path: Path, input_size: tuple[int, int] | None, open_backend: Callable[[], InferenceBackend],
-                 backend: InferenceBackend | None = None):
+                 backend: InferenceBackend | None = None, choice: BackendChoice | None = None):
         self.path = path
         self.input_size = input_size
         self._open = open_backend
         self._backend = backend
+        self.choice = choice  # backend auto: the faster runtime is picked when first opened
         self._adapter = InputAdapter(backend.contract) if backend is not None else None
         self._lock = threading.Lock()
 
@@ -86,7 +90,12 @@ class Artifact:
         if self._backend is None:
             with self._lock:
                 if self._backend is None:
-                    be = self._open()
+                    if self.choice is not None:
+                        _, self.path, be = self.choice.open()
+                        self._open = self.choice.candidates[self.choice.chosen or ""][1]
+                        self.choice = None
+                    else:
+                        be = self._open()
                     self._adapter = InputAdapter(be.contract)
                     self._backend = be
         return self._backend
@@ -109,7 +118,7 @@ class Artifact:
         backend = self._backend
         if backend is not None and getattr(backend, "thread_safe", False):
             return Artifact(self.path, self.input_size, self._open, backend)
-        return Artifact(self.path, self.input_size, self._open)
+        return Artifact(self.path, self.input_size, self._open, choice=self.choice)
 
 
 def as_bgr_frame(frame: np.ndarray) -> np.ndarray:
@@ -259,13 +268,16 @@ def open_model(path: str | Path | None = None, backend: str | None = None, threa
                providers: list[str] | None = None, public_key: str | Path | bytes | None = None,
                require_signature: bool = False, precision: str | None = None,
                threshold: float | None = None,
-               gsd_mm_per_px: float | tuple[float, float] | None = None) -> Segmenter:
+               gsd_mm_per_px: float | tuple[float, float] | None = None,
+               choice_cache: Path | None = None) -> Segmenter:
     """Load a model for inference.
 
     ``path`` is an .onnx or .tflite file (contract from its metadata), a bundle directory or
     archive (verified: hashes, and the signature when ``public_key`` is given), or None for
     the shipped reference bundle. ``backend`` picks onnx or tflite inside a bundle (default
-    onnx), ``precision`` fp32 or int8 (default: int8 where the bundle has it).
+    onnx); ``auto`` runs each input size on whichever is faster on this machine (measured the
+    first time, remembered in ``choice_cache``: see choice.py). ``precision`` fp32 or int8
+    (default: int8 where the bundle has it).
     ``gsd_mm_per_px`` is the camera's ground resolution, (x, y) or one number: frames are
     resampled to the model's own (the contract's ``gsd_mm_per_px``) when they differ.
     """
@@ -273,12 +285,12 @@ def open_model(path: str | Path | None = None, backend: str | None = None, threa
     if not path.exists():
         raise ModelError(f"model not found: {path}" + (" (the shipped reference bundle is missing: reinstall "
                                                        "crackseg-edge)" if path == REFERENCE_BUNDLE else ""))
-    if backend is not None and backend not in BACKENDS:
-        raise ModelError(f"unknown backend '{backend}': use onnx or tflite")
+    if backend is not None and backend not in BACKEND_CHOICES:
+        raise ModelError(f"unknown backend '{backend}': use onnx, tflite or auto")
     if _is_bundle(path):
         return _open_bundle(path, backend, threads, providers, public_key, require_signature, precision, threshold,
-                            _as_gsd(gsd_mm_per_px))
-    be = open_backend(path, backend, None, threads, providers)
+                            _as_gsd(gsd_mm_per_px), choice_cache)
+    be = open_backend(path, None if backend == "auto" else backend, None, threads, providers)
     info = ModelInfo(name=path.stem, version="unversioned", backend=be.name, precision=be.precision, path=str(path),
                      strategy="tile" if be.contract.input_size else "pad", input_size=be.contract.input_size,
                      providers=list(getattr(be, "providers", [])), input_sizes=[be.contract.input_size])
@@ -288,32 +300,49 @@ def open_model(path: str | Path | None = None, backend: str | None = None, threa
 
 def _open_bundle(path: Path, backend: str | None, threads: int | None, providers: list[str] | None,
                  public_key: str | Path | bytes | None, require_signature: bool, precision: str | None,
-                 threshold: float | None, frame_gsd: tuple[float, float] | None) -> Segmenter:
+                 threshold: float | None, frame_gsd: tuple[float, float] | None,
+                 choice_cache: Path | None = None) -> Segmenter:
     from edge_agent.bundle import BundleError, load_bundle
 
-    kind = backend or "onnx"
+    kinds = list(BACKENDS) if backend == "auto" else [backend or "onnx"]
     try:
         bundle = load_bundle(path, public_key=public_key, require_signature=require_signature)
-        entries = bundle.entries_for(kind, precision)
+        by_size: dict[tuple[int, int], dict[str, ArtifactEntry]] = {}
+        for kind in kinds:
+            try:
+                entries = bundle.entries_for(kind, precision)
+            except BundleError:
+                if len(kinds) == 1:
+                    raise
+                continue
+            for entry in entries:
+                by_size.setdefault((int(entry.input_size[0]), int(entry.input_size[1])), {})[kind] = entry
+        if not by_size:
+            bundle.entries_for(kinds[0], precision)  # raises with the list of what the bundle has
     except BundleError as exc:
         raise ModelError(str(exc)) from exc
-    # largest first: the first artifact's contract is the one reported, and the large one is
-    # what a camera frame usually runs on
-    entries.sort(key=lambda e: -(e.input_size[0] * e.input_size[1]))
-    artifacts = []
     # A bundle whose own contract has no input size holds dynamic-size artifacts: the entry's
     # size is only the one it was exported and tested at.
     dynamic = bundle.contract.input_size is None
-    for entry in entries:
-        file, contract = bundle.root / entry.file, bundle.contract_for(entry)
-        if dynamic:
-            contract = contract.model_copy(update={"input_size": None})
+    artifacts = []
+    # largest first: the first artifact's contract is the one reported, and the large one is
+    # what a camera frame usually runs on
+    for size in sorted(by_size, key=lambda hw: -hw[0] * hw[1]):
+        candidates: dict[str, tuple[Path, Callable[[], InferenceBackend]]] = {}
+        for kind, entry in by_size[size].items():
+            file, contract = bundle.root / entry.file, bundle.contract_for(entry)
+            if dynamic:
+                contract = contract.model_copy(update={"input_size": None})
 
-        def opener(file: Path = file, contract: InferenceContract = contract) -> InferenceBackend:
-            return open_backend(file, kind, contract, threads, providers)
+            def opener(file: Path = file, contract: InferenceContract = contract, kind: str = kind
+                       ) -> InferenceBackend:
+                return open_backend(file, kind, contract, threads, providers)
 
-        size = None if dynamic else (int(entry.input_size[0]), int(entry.input_size[1]))
-        artifacts.append(Artifact(file, size, opener))
+            candidates[kind] = (file, opener)
+        first_kind = next(iter(candidates))
+        choice = BackendChoice(candidates, threads, choice_cache) if len(candidates) > 1 else None
+        artifacts.append(Artifact(candidates[first_kind][0], None if dynamic else size, candidates[first_kind][1],
+                                  choice=choice))
     first = artifacts[0].backend  # fail now, not at the first frame, when the runtime is missing
     info = ModelInfo(name=bundle.name, version=bundle.version, backend=first.name, precision=first.precision,
                      path=str(artifacts[0].path), strategy="tile" if len(artifacts) == 1 else "multi",

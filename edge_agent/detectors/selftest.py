@@ -92,8 +92,8 @@ def check_segmenter(segmenter: Any, bundle: Bundle) -> SelftestResult:
     results = []
     root = Path(bundle.root).resolve()
     for index, art in enumerate(segmenter.artifacts):
+        one = segmenter.only(index)  # opens the artifact (with backend auto: the runtime chosen here)
         artifact = os.path.relpath(Path(art.path).resolve(), root).replace(os.sep, "/")
-        one = segmenter.only(index)
         try:
             result = _result(bundle, artifact, one, one.backend_name, one.info.precision)
         except (SelftestError, BundleError):
