@@ -117,7 +117,8 @@ def _validator(name: str) -> Callable[[Any], Any]:
     # fastjsonschema implements up to draft 07; these schemas use nothing newer than $defs (a plain pointer)
     schema["$schema"] = "http://json-schema.org/draft-07/schema#"
     schema.pop("$id", None)
-    return fastjsonschema.compile(schema)  # type: ignore[no-any-return]
+    compiled: Callable[[Any], Any] = fastjsonschema.compile(schema)
+    return compiled
 
 
 def _strict_json(raw: bytes) -> Any:

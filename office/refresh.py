@@ -32,8 +32,9 @@ from office.store.database import Database
 
 log = logging.getLogger(__name__)
 
-CHUNK_OBSERVATIONS = 20_000
-CHUNK_POSITIONS = 20_000
+# one transaction per round: small enough that ingest (SQLite: the same write lock) waits seconds, not minutes
+CHUNK_OBSERVATIONS = 5_000
+CHUNK_POSITIONS = 5_000
 
 
 @dataclass

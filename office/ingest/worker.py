@@ -45,6 +45,7 @@ class WorkerStats:
     acked: int = 0
     batches: int = 0
     db_retries: int = 0
+    dropped_qos0: int = 0
 
 
 class IngestWorker:
@@ -62,9 +63,15 @@ class IngestWorker:
         self._stop = threading.Event()
         self._dirty = threading.Event()
         self._refresher: threading.Thread | None = None
+        self._qos0_limit = 4 * cfg.receive_maximum
 
     def _receive(self, item: Incoming) -> None:
         self.stats.received += 1
+        if item.qos == 0 and self.queue.qsize() >= self._qos0_limit:
+            # QoS 0 (health, snapshots) is best effort by the agent's choice; while the database is
+            # down it must not fill this process's memory (QoS 1 is bounded by receive_maximum)
+            self.stats.dropped_qos0 += 1
+            return
         self.queue.put(item)
 
     def stop(self, *_: object) -> None:
@@ -154,8 +161,9 @@ class IngestWorker:
                 if time.monotonic() - last_log >= 30:
                     last_log = time.monotonic()
                     s = self.stats
-                    log.info("ingest: %d stored (%d detections), %d duplicates, %d quarantined, queue %d, %s",
-                             s.stored, s.detections, s.duplicates, s.quarantined, self.queue.qsize(),
+                    log.info("ingest: %d stored (%d detections), %d duplicates, %d quarantined, %d QoS 0 dropped, "
+                             "queue %d, %s", s.stored, s.detections, s.duplicates, s.quarantined, s.dropped_qos0,
+                             self.queue.qsize(),
                              "connected" if self.receiver.connected else f"not connected ({self.receiver.last_error})")
             # finish what is already here, then leave (the rest is re-sent to this session later)
             pending: list[Incoming] = []

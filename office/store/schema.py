@@ -110,8 +110,6 @@ def build_tables(dialect: str) -> Tables:
                comment="0 = not yet placed on a segment by the refresh step, 1 = done"),
         Column("payload", js, nullable=False),
         Index("ix_detection_messages_device_seq", "device_id", "seq"),
-        Index("ix_detection_messages_device_ts", "device_id", "ts"),
-        Index("ix_detection_messages_ts", "ts"),
         Index("ix_detection_messages_segment", "segment_id"),
         Index("ix_detection_messages_pending", "device_id", "ts", **_where(dialect, "segment_state = 0")),
         *spatial_index("detection_messages"),
@@ -140,7 +138,7 @@ def build_tables(dialect: str) -> Tables:
         Column("crack_id", BigInteger, comment="inventory crack (refresh step); null = not merged yet"),
         Index("ix_crack_observations_crack", "crack_id"),
         Index("ix_crack_observations_message", "message_id"),
-        Index("ix_crack_observations_track", "device_id", "track_id"),
+        Index("ix_crack_observations_device_ts", "device_id", "ts"),
         Index("ix_crack_observations_frame", "device_id", "frame_index"),
         Index("ix_crack_observations_pending", "ts", **_where(dialect, "crack_id IS NULL")),
         *spatial_index("crack_observations"),
@@ -236,7 +234,7 @@ def build_tables(dialect: str) -> Tables:
         Index("ix_snapshots_pending", "id", **_where(dialect, "linked = 0")),
     )
 
-    def history(name: str, *extra: Column) -> Table:  # type: ignore[type-arg]
+    def history(name: str, *extra: Column[Any]) -> Table:
         return Table(
             name, md,
             Column("id", pk, primary_key=True, autoincrement=True),

@@ -111,8 +111,15 @@ class Publisher:
         self.client.loop_start()
         self.sent = 0
 
-    def publish(self, items: list[Outgoing], *, qos: int = 1, retain: bool = False) -> None:
-        for item in items:
+    def publish(self, items: list[Outgoing], *, qos: int = 1, retain: bool = False,
+                rate: float | None = None) -> None:
+        """Publish in order; ``rate``: at most that many messages per second (a stream, not a burst)."""
+        start = time.monotonic()
+        for i, item in enumerate(items):
+            if rate is not None and i % 50 == 0:
+                ahead = start + i / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
             props = None
             if item.user_properties or item.content_type:
                 props = Properties(PacketTypes.PUBLISH)

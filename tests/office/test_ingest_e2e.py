@@ -136,7 +136,7 @@ def test_two_workers_one_killed_mid_stream_lose_nothing(office_broker: Mosquitto
 
     def publish() -> None:
         try:
-            pub.publish(stream)
+            pub.publish(stream, rate=800.0)     # a stream of a few seconds: the kill lands inside it
             pub.flush(timeout=240)
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)
@@ -156,6 +156,7 @@ def test_two_workers_one_killed_mid_stream_lose_nothing(office_broker: Mosquitto
     assert all(w.alive() for w in workers), describe()
     for w in workers:
         assert w.stop() == 0, w.describe()
+    assert "session present: True" in workers[0].log_path.read_text(), "the restarted worker resumed its session"
 
     ids = stored_ids(pg_url)
     assert len(ids) == len(set(ids)) == len(detections)
@@ -167,3 +168,36 @@ def test_two_workers_one_killed_mid_stream_lose_nothing(office_broker: Mosquitto
     assert s["observations_pending"] == 0 and s["cracks"] > 100 and s["segments"] > 100
     # what the kill cost: messages stored but not acknowledged were re-delivered and ignored
     print(f"duplicates ignored after the kill: {s['duplicates_ignored']}")
+
+
+def test_nothing_is_acknowledged_before_it_is_committed(office_broker: MosquittoBroker, tmp_path: Path) -> None:
+    """The database goes away under a running worker, which then receives messages it cannot store
+    and is SIGKILLed: had it acknowledged anything before a commit, those messages would be lost."""
+    from tests.postgres import PostgresServer, missing_reason
+
+    if missing_reason():
+        pytest.skip(missing_reason())
+    detections = fleet_detections(1, 60.0, seed=4)
+    first, rest = detections[:60], detections[60:]
+    server = PostgresServer().start()
+    try:
+        url = server.create_database("outage")
+        worker = IngestProcess(office_broker.url, url, "office-outage", tmp_path / "ingest.log",
+                               "--refresh-interval", "0").start()
+        worker.wait_subscribed()
+        pub = Publisher(office_broker.host, office_broker.port)
+        pub.publish(first)
+        wait_until(lambda: stored(url) == len(first), 60, worker.describe)
+        server.stop()                                            # the database is gone
+        pub.publish(rest)
+        pub.flush()                                              # the broker has them all
+        wait_until(lambda: "retrying" in worker.log_path.read_text(), 60, worker.describe)
+        worker.kill9()                                           # holding messages it could not store
+        server.start()
+        worker.start()
+        wait_until(lambda: stored(url) == len(detections), 120, worker.describe)
+        assert worker.stop() == 0
+        assert sorted(stored_ids(url)) == sorted(d.msg["msg_id"] for d in detections if d.msg)
+        pub.close()
+    finally:
+        server.cleanup()
