@@ -170,7 +170,7 @@ def device(scratch, keyed) -> tuple[CommandRegistry, OfflineManager, Ed25519Priv
     return registry, m, key
 
 
-@examples(2000)
+@examples(1600)
 @given(name=st.sampled_from(["model-update", "model-chunk", "model-chunk-abort", "model-rollback", "model-status"]),
        body=payloads(), sign=st.sampled_from(["no", "no", "valid", "forged"]))
 def test_any_command_payload_is_answered_or_refused(device, name, body, sign) -> None:
@@ -198,7 +198,7 @@ url_parts = st.one_of(texts, st.sampled_from(["/", "//", "/..", "%2e%2e", "%00",
                                               "@", ":", "[", "localhost", "\\"]))
 
 
-@examples(600)
+@examples(500)
 @given(scheme=st.sampled_from(["file", "FILE", "http", "https", "ftp", "", "file:", "jar"]),
        parts=st.lists(url_parts, max_size=6), size=st.one_of(st.none(), huge_ints))
 def test_any_url_is_fetched_or_refused_without_network(scratch, keyed, scheme, parts, size) -> None:
@@ -276,7 +276,7 @@ def archive_bytes(draw) -> tuple[str, bytes]:
     return kind, bytes(data)
 
 
-@examples(900)
+@examples(700)
 @given(archive=archive_bytes(), signed=st.booleans())
 def test_any_archive_is_refused_cleanly(scratch, archive, signed) -> None:
     kind, data = archive
@@ -324,7 +324,7 @@ def transfer_scripts(draw) -> tuple[bytes, list[tuple[str, dict]]]:
     return archive, script
 
 
-@examples(500)
+@examples(400)
 @given(script=transfer_scripts())
 def test_a_valid_transfer_completes_among_garbage(scratch, script) -> None:
     archive, steps = script
