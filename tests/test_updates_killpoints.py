@@ -21,8 +21,8 @@ import pytest
 
 from edge_agent.config.sections import ModelConfig
 from edge_agent.config.updates import UpdatesConfig
-from edge_agent.updates.manager import Settings, UpdateManager, model_loader
 from edge_agent.updates.durable import KILL_ENV
+from edge_agent.updates.manager import Settings, UpdateManager, model_loader
 from tests.bundles import build_archive, make_keys, sha256_of, tiny_onnx
 
 REPO = Path(__file__).resolve().parents[1]
