@@ -369,7 +369,7 @@ class Agent:
             return {"model_loaded": self.model is not None, "heartbeat_age_s": None, "camera_last_frame_age_s": None,
                     "outbox_writable": False, "uptime_s": self.stats.snapshot()["uptime_s"],
                     "model": self._model_info() if self.model is not None else None, "model_manifest": None}
-        return cast(HealthSnapshot, self.health.flat())
+        return cast("HealthSnapshot", self.health.flat())
 
     def _health_payload(self) -> dict:
         if self.health is None:
