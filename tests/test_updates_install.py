@@ -21,7 +21,7 @@ from edge_agent.comms.base import Command, CommandError
 from edge_agent.updates.audit import AuditLog
 from edge_agent.updates.commands import register_disabled_commands
 from edge_agent.updates.store import ModelStore
-from tests.test_updates_store import build_archive, build_bundle, flip_byte, make_keys, tiny_onnx
+from tests.bundles import build_archive, build_bundle, flip_byte, make_keys, tiny_onnx
 
 
 @pytest.fixture(scope="module")
