@@ -1,4 +1,5 @@
-"""Generated survey media: synthetic pavement with drawn cracks (and exact masks), survey clips.
+"""Generated survey media: synthetic pavement with drawn cracks (and exact masks), survey clips,
+and a road seen from a moving vehicle with every crack at a known place in the world.
 
 The demo, the benchmarks and the tests need pavement video without shipping real footage
 (the real data set's images may not be redistributed). Everything is deterministic by seed.
@@ -7,7 +8,9 @@ Sizes are ``(width, height)`` like OpenCV's; ``make_pavement`` takes ``h, w`` li
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -102,6 +105,264 @@ def write_survey_video(path: str | Path, n_frames: int, size: int | tuple[int, i
     try:
         for frame, _ in survey_frames(n_frames, size, seed, speed_px):
             writer.write(np.ascontiguousarray(frame))
+    finally:
+        writer.release()
+    return path
+
+
+# -- a road seen from above, along a known drive -----------------------------------------------------
+# The demo and the geolocation tests need a clip in which every crack's place in the world is
+# known. A ``Track`` is the drive in a local east/north plane (metres); the road is a texture in
+# road coordinates (s: metres along the track, d: metres to its right) painted once; a frame is
+# that texture seen by a downward camera on a vehicle at a pose of the track, through exactly
+# the pixel -> vehicle -> east/north rule of the v2 payload (docs/mqtt.md).
+
+Forward = str  # "up" | "down" | "left" | "right": the image direction that points ahead
+_AXES = {"up": ((0, -1), (1, 0)), "down": ((0, 1), (-1, 0)), "left": ((-1, 0), (0, -1)), "right": ((1, 0), (0, 1))}
+
+
+class Track:
+    """Straight and circular pieces joined without a kink, from (start_e, start_n) at ``heading_deg``
+    (clockwise from north). Beyond its ends the first and last piece continue."""
+
+    def __init__(self, heading_deg: float = 0.0, start_e: float = 0.0, start_n: float = 0.0):
+        self._pieces: list[tuple[float, float, float, float, float, float, float]] = []  # s0 L e0 n0 h0 R sign
+        self._end = (start_e, start_n, math.radians(heading_deg))
+
+    @property
+    def length(self) -> float:
+        return sum(p[1] for p in self._pieces)
+
+    def _add(self, length: float, radius: float, sign: float) -> Track:
+        e0, n0, h0 = self._end
+        self._pieces.append((self.length, float(length), e0, n0, h0, float(radius), sign))
+        e, n, h = self._eval(len(self._pieces) - 1, np.array([float(length)]), np.zeros(1))
+        self._end = (float(e[0]), float(n[0]), float(h[0]))
+        return self
+
+    def straight(self, length_m: float) -> Track:
+        return self._add(length_m, 0.0, 0.0)
+
+    def arc(self, length_m: float, radius_m: float, right: bool = True) -> Track:
+        return self._add(length_m, radius_m, 1.0 if right else -1.0)
+
+    def _eval(self, i: int, s: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(east, north, heading rad) of road point (s along piece i, d to the right)."""
+        _, _, e0, n0, h0, r, sign = self._pieces[i]
+        if r == 0:
+            h = np.full_like(s, h0)
+            e, n = e0 + s * math.sin(h0), n0 + s * math.cos(h0)
+        else:
+            ce, cn = e0 + sign * r * math.cos(h0), n0 - sign * r * math.sin(h0)
+            h = h0 + sign * s / r
+            e, n = ce - sign * r * np.cos(h), cn + sign * r * np.sin(h)
+        return e + d * np.cos(h), n - d * np.sin(h), h
+
+    def to_world(self, s: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Road coordinates (metres along, metres right) -> (east, north)."""
+        s, d = np.broadcast_arrays(np.asarray(s, np.float64), np.asarray(d, np.float64))
+        which = np.clip(np.searchsorted([p[0] for p in self._pieces], s, side="right") - 1, 0, len(self._pieces) - 1)
+        e, n = np.empty_like(s), np.empty_like(s)
+        for i in range(len(self._pieces)):
+            sel = which == i
+            if sel.any():
+                e[sel], n[sel], _ = self._eval(i, s[sel] - self._pieces[i][0], d[sel])
+        return e, n
+
+    def pose(self, s: float) -> tuple[float, float, float]:
+        """(east, north, heading degrees) of the track after ``s`` metres."""
+        i = int(np.clip(np.searchsorted([p[0] for p in self._pieces], s, side="right") - 1, 0, len(self._pieces) - 1))
+        e, n, h = self._eval(i, np.array([s - self._pieces[i][0]]), np.zeros(1))
+        return float(e[0]), float(n[0]), math.degrees(float(h[0])) % 360.0
+
+    def from_world(self, e: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(east, north) -> road coordinates, for points within a radius of the track."""
+        best = np.full(np.shape(e), np.inf)
+        s_out, d_out = np.zeros(np.shape(e)), np.zeros(np.shape(e))
+        last = len(self._pieces) - 1
+        for i, (s0, length, e0, n0, h0, r, sign) in enumerate(self._pieces):
+            if r == 0:
+                s = (e - e0) * math.sin(h0) + (n - n0) * math.cos(h0)
+                d = (e - e0) * math.cos(h0) - (n - n0) * math.sin(h0)
+            else:
+                ce, cn = e0 + sign * r * math.cos(h0), n0 - sign * r * math.sin(h0)
+                we, wn = e - ce, n - cn
+                dist = np.hypot(we, wn)
+                h = np.arctan2(wn, -we) if sign > 0 else np.arctan2(-wn, we)
+                turned = np.mod(sign * (h - h0), 2 * math.pi)
+                turned = np.where(turned > (length / r + 2 * math.pi) / 2, turned - 2 * math.pi, turned)
+                s, d = turned * r, (r - dist) if sign > 0 else (dist - r)
+            outside = np.maximum(0.0 if i == 0 else -s, 0.0) + np.maximum(0.0 if i == last else s - length, 0.0)
+            score = outside * 1e6 + np.abs(d)
+            take = score < best
+            best = np.where(take, score, best)
+            s_out, d_out = np.where(take, s + s0, s_out), np.where(take, d, d_out)
+        return s_out, d_out
+
+
+@dataclass(frozen=True)
+class RoadCrack:
+    """A crack painted on the road: one or more centre lines in road coordinates (s, d metres)."""
+
+    name: str
+    kind: str  # longitudinal, transverse, diagonal, alligator
+    width_mm: float
+    lines: tuple[np.ndarray, ...]
+
+    def world_lines(self, track: Track) -> list[np.ndarray]:
+        """Its centre lines as (N, 2) arrays of (east, north) metres."""
+        return [np.column_stack(track.to_world(line[:, 0], line[:, 1])) for line in self.lines]
+
+
+def _wiggly(rng: np.random.Generator, a: tuple[float, float], b: tuple[float, float], step_m: float = 0.02,
+            amp_m: float = 0.012) -> np.ndarray:
+    """A crack-like line from a to b (road coordinates): a smoothed random walk across the chord."""
+    pa, pb = np.array(a), np.array(b)
+    n = max(3, int(np.linalg.norm(pb - pa) / step_m))
+    t = np.linspace(0, 1, n)[:, None]
+    across = np.array([-(pb - pa)[1], (pb - pa)[0]]) / (np.linalg.norm(pb - pa) + 1e-12)
+    walk = np.cumsum(rng.normal(0, 1, n))
+    walk = np.convolve(walk - np.linspace(walk[0], walk[-1], n), np.ones(5) / 5, mode="same")
+    walk *= amp_m / (np.abs(walk).max() + 1e-12)
+    walk += rng.normal(0, amp_m / 5, n) * (np.arange(n) % (n - 1) != 0)  # jagged, ends kept
+    return pa + t * (pb - pa) + walk[:, None] * across
+
+
+def road_crack(name: str, kind: str, s: float, d: float, length_m: float, width_mm: float, seed: int = 0,
+               cell_m: float = 0.15) -> RoadCrack:
+    """A crack centred at road coordinates (s, d): a wiggly line along (longitudinal), across
+    (transverse) or at 45 degrees (diagonal), or an alligator mesh ``length_m`` square."""
+    rng = np.random.default_rng(seed)
+    if kind == "alligator":
+        k = max(2, round(length_m / cell_m))
+        g = np.stack(np.meshgrid(np.linspace(-length_m / 2, length_m / 2, k + 1),
+                                 np.linspace(-length_m / 2, length_m / 2, k + 1), indexing="ij"), -1)
+        g = g + rng.uniform(-0.2, 0.2, g.shape) * cell_m + np.array([s, d])
+        lines = [_wiggly(rng, tuple(g[i, j]), tuple(g[i + di, j + dj]), amp_m=0.006)
+                 for i in range(k + 1) for j in range(k + 1) for di, dj in ((1, 0), (0, 1))
+                 if i + di <= k and j + dj <= k]
+        return RoadCrack(name, kind, width_mm, tuple(lines))
+    angle = {"longitudinal": 0.0, "transverse": 90.0, "diagonal": 45.0}[kind] + rng.uniform(-6, 6)
+    u = np.array([math.cos(math.radians(angle)), math.sin(math.radians(angle))]) * length_m / 2
+    return RoadCrack(name, kind, width_mm, (_wiggly(rng, (s - u[0], d - u[1]), (s + u[0], d + u[1])),))
+
+
+@dataclass
+class Road:
+    """The road surface along a track as one texture in road coordinates (row = s, column = d)."""
+
+    track: Track
+    cracks: list[RoadCrack]
+    s_range: tuple[float, float]
+    d_range: tuple[float, float] = (-1.0, 2.5)
+    res_mm: float = 2.5
+    marking_d: float | None = 1.6  # centre of a 12 cm edge line (None: no marking)
+    shadows: tuple[tuple[float, float, float], ...] = ()  # (s centre, width m, angle deg to the road): cast shadows
+    seed: int = 0
+    texture: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        res = self.res_mm / 1000.0
+        rows = int((self.s_range[1] - self.s_range[0]) / res)
+        cols = int((self.d_range[1] - self.d_range[0]) / res)
+        rng = np.random.default_rng(self.seed)
+
+        def noise(sigma: float, every: int) -> np.ndarray:  # noise of ``every``-pixel grain, bilinear
+            small = rng.standard_normal((rows // every + 2, cols // every + 2), dtype=np.float32) * sigma
+            return cv2.resize(small, (cols, rows), interpolation=cv2.INTER_LINEAR if every > 1 else cv2.INTER_NEAREST)
+
+        gray = noise(7, 1)  # grain, stones, wear, patches
+        for sigma, every in ((9, 2), (10, 6), (6, 60)):
+            gray += noise(sigma, every)
+        gray += 100
+        stones = rng.random((rows // 2 + 1, cols // 2 + 1), dtype=np.float32)
+        stones = np.where(stones > 0.93, 40.0, np.where(stones < 0.05, -30.0, 0.0)).astype(np.float32)
+        gray += cv2.resize(stones, (cols, rows), interpolation=cv2.INTER_NEAREST)[:rows, :cols]
+        gray = cv2.GaussianBlur(gray, (3, 3), 0)
+        if self.marking_d is not None:  # worn white paint with soft edges, only where it is
+            c0 = max(0, int((self.marking_d - 0.1 - self.d_range[0]) / res))
+            c1 = min(cols, int((self.marking_d + 0.1 - self.d_range[0]) / res) + 1)
+            d_cols = (np.arange(c0, c1, dtype=np.float32)[None, :] + 0.5) * res + self.d_range[0]
+            paint = np.clip(0.5 - (np.abs(d_cols - self.marking_d) - 0.06) / 0.012, 0, 1)
+            paint = paint * np.clip(0.9 + noise(0.08, 3)[:, c0:c1], 0, 1)
+            band = gray[:, c0:c1]
+            gray[:, c0:c1] = band * (1 - paint) + (165 + 0.5 * (band - 100)) * paint
+        crack = np.zeros((rows, cols), np.uint8)
+        for c in self.cracks:
+            base = max(1.0, c.width_mm / self.res_mm)
+            for line in c.lines:
+                px = np.column_stack([(line[:, 1] - self.d_range[0]) / res - 0.5,
+                                      (line[:, 0] - self.s_range[0]) / res - 0.5])
+                pts = np.round(px * 16).astype(np.int32)
+                widths = base * (1 + 0.35 * np.sin(np.cumsum(rng.normal(0, 0.5, len(pts)))))
+                for a, b, w in zip(pts[:-1], pts[1:], widths):  # the width varies along a crack
+                    cv2.line(crack, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), 255, max(1, round(w)),
+                             cv2.LINE_AA, 4)
+        on = crack > 0
+        core = crack[on].astype(np.float32) / 255
+        gray[on] = gray[on] * (1 - core) + (35 + 0.3 * (gray[on] - 100)) * core
+        for s_c, w, angle in self.shadows:  # a pole's or a tree's shadow across the road, soft-edged
+            a = math.radians(angle)
+            reach = (w / 2 + 0.2 + abs(math.cos(a)) * (self.d_range[1] - self.d_range[0])) / max(0.2, abs(math.sin(a)))
+            r0 = max(0, int((s_c - reach - self.s_range[0]) / res))
+            r1 = min(rows, int((s_c + reach - self.s_range[0]) / res) + 1)
+            s_rows = (np.arange(r0, r1, dtype=np.float32)[:, None] + 0.5) * res + self.s_range[0]
+            d_cols = (np.arange(cols, dtype=np.float32)[None, :] + 0.5) * res + self.d_range[0]
+            dist = np.abs((s_rows - s_c) * math.sin(a) - d_cols * math.cos(a))
+            gray[r0:r1] *= (0.5 + 0.5 * np.clip((dist - w / 2) / 0.08 + 0.5, 0, 1)).astype(np.float32)
+        # asphalt is slightly blue-grey; convertScaleAbs saturates to 0..255 (values are positive)
+        self.texture = cv2.merge([cv2.convertScaleAbs(gray, alpha=a) for a in (1.04, 1.0, 0.96)])
+
+    def crack_lines_world(self) -> dict[str, list[np.ndarray]]:
+        """Each crack's centre lines as (east, north) metres."""
+        return {c.name: c.world_lines(self.track) for c in self.cracks}
+
+
+def pixel_offsets(size: tuple[int, int], gsd_x_mm: float, gsd_y_mm: float, forward: Forward = "up",
+                  offset_forward_m: float = 0.0, offset_right_m: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Metres (ahead of, right of) the GPS antenna of every pixel centre of a (width, height) frame:
+    the v2 payload's rule, pixel (u, v) centred at (u + 0.5, v + 0.5)."""
+    w, h = size
+    du = (np.arange(w, dtype=np.float64)[None, :] + 0.5 - w / 2) * gsd_x_mm / 1000.0
+    dv = (np.arange(h, dtype=np.float64)[:, None] + 0.5 - h / 2) * gsd_y_mm / 1000.0
+    (a_u, a_v), (r_u, r_v) = _AXES[forward]
+    return a_u * du + a_v * dv + offset_forward_m, r_u * du + r_v * dv + offset_right_m
+
+
+def render_view(road: Road, pose: tuple[float, float, float], offsets: tuple[np.ndarray, np.ndarray],
+                noise: float = 3.0, seed: int = 0) -> np.ndarray:
+    """The frame a downward camera sees with the antenna at ``pose`` (east, north, heading deg)."""
+    e0, n0, hdg = pose
+    h = math.radians(hdg)
+    ahead, right = offsets
+    e = e0 + ahead * math.sin(h) + right * math.cos(h)
+    n = n0 + ahead * math.cos(h) - right * math.sin(h)
+    s, d = road.track.from_world(e, n)
+    res = road.res_mm / 1000.0
+    map_x = ((d - road.d_range[0]) / res - 0.5).astype(np.float32)
+    map_y = ((s - road.s_range[0]) / res - 0.5).astype(np.float32)
+    img = cv2.remap(road.texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    if noise:
+        img = np.clip(img + np.random.default_rng(seed).normal(0, noise, img.shape), 0, 255).astype(np.uint8)
+    return img
+
+
+def write_drive_video(path: str | Path, road: Road, poses: Iterable[tuple[float, float, float]],
+                      size: tuple[int, int], fps: float, gsd_mm: tuple[float, float], forward: Forward = "up",
+                      offset_forward_m: float = 0.0, offset_right_m: float = 0.0) -> Path:
+    """A clip of the road seen from a vehicle passing through ``poses`` (one per frame)."""
+    path = Path(path)
+    codec = VIDEO_CODECS.get(path.suffix.lower())
+    if codec is None:
+        raise ValueError(f"{path}: use one of {', '.join(VIDEO_CODECS)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    offsets = pixel_offsets(size, gsd_mm[0], gsd_mm[1], forward, offset_forward_m, offset_right_m)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*codec), fps, size)
+    if not writer.isOpened():
+        raise OSError(f"this OpenCV build cannot write {codec} to {path}")
+    try:
+        for k, pose in enumerate(poses):
+            writer.write(render_view(road, pose, offsets, seed=k))
     finally:
         writer.release()
     return path
