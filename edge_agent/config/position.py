@@ -8,16 +8,19 @@ error, not a silently ignored line)::
       provider: {type: gpsd, host: 127.0.0.1, port: 2947}
       max_fix_age_s: 5
 
-``type: none`` (the default) reports every crack without a position.
+``type: none`` (the default) reports every crack without a position. ``type: nmea-file``
+replays a recorded NMEA log in step with a recorded video (edge_agent/position/replay.py).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from edge_agent.config.base import MAX_TIMEOUT_S, ConfigSection
+from edge_agent.config.base import MAX_TIMEOUT_S, ConfigSection, path_exists
 
 
 class _Reconnecting(ConfigSection):
@@ -45,6 +48,37 @@ class NmeaPositionConfig(_Reconnecting):
     require_checksum: bool = Field(True, description="drop sentences without a '*hh' checksum")
 
 
+class NmeaFilePositionConfig(ConfigSection):
+    """A recorded NMEA 0183 log, replayed in step with a recorded video's frame times.
+
+    The video's first frame is at ``video_start_utc`` (or, when null, at the log's first valid
+    fix) plus ``offset_s``; every later frame at that plus its time in the video file.
+    """
+
+    type: Literal["nmea-file"]
+    path: Path = Field(description="the NMEA log recorded with the video (GGA/RMC/VTG sentences)")
+    offset_s: float = Field(0.0, ge=-MAX_TIMEOUT_S, le=MAX_TIMEOUT_S, description=(
+        "seconds added to the alignment: positive when the video started after the log's first fix "
+        "(or after video_start_utc)"))
+    video_start_utc: datetime | None = Field(None, description=(
+        "UTC time of the video's first frame, e.g. 2024-05-01T09:00:00.000Z; null = the log's first fix"))
+    require_checksum: bool = Field(True, description="drop sentences without a '*hh' checksum")
+
+    @field_validator("path")
+    @classmethod
+    def _log_exists(cls, v: Path) -> Path:
+        if not path_exists(v, file=True):
+            raise ValueError(f"NMEA log not found: {v}")
+        return v
+
+    @field_validator("video_start_utc")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("video_start_utc needs a time zone: end it with Z (UTC) or +hh:mm")
+        return v
+
+
 class FixedPositionConfig(ConfigSection):
     """A fixed position: a test rig, a parked vehicle, or a camera on a pole."""
 
@@ -52,7 +86,8 @@ class FixedPositionConfig(ConfigSection):
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
     alt_m: float | None = Field(None, ge=-1000, le=100_000, description="metres above sea level")
-    heading_deg: float | None = Field(None, ge=0, lt=360)
+    heading_deg: float | None = Field(None, ge=0, lt=360, description=(
+        "direction of travel, degrees clockwise from true north: needed to place cracks on the map"))
     speed_mps: float | None = Field(None, ge=0, le=200, description="constant speed reported (tracking on a test rig)")
 
 
@@ -63,7 +98,7 @@ class NoPositionConfig(ConfigSection):
 
 
 PositionProviderConfig = Annotated[
-    GpsdPositionConfig | NmeaPositionConfig | FixedPositionConfig | NoPositionConfig,
+    GpsdPositionConfig | NmeaPositionConfig | NmeaFilePositionConfig | FixedPositionConfig | NoPositionConfig,
     Field(discriminator="type"),
 ]
 

@@ -1,10 +1,13 @@
-"""The position interface: every receiver hands out its latest fix the same way.
+"""The position interface: every receiver hands out its fixes the same way.
 
-Receivers deliver fixes on their own schedule (1-10 Hz) in a background thread; the agent asks
-for the latest one whenever a frame is reported. The fix age is computed at read time from the
-monotonic clock of this process (when the fix was *received*), not from the receiver's UTC
-time: a receiver clock or a system clock that is off must not make a stale fix look fresh.
-A fix older than ``max_fix_age_s`` is reported as no fix.
+Receivers deliver fixes on their own schedule (1-10 Hz) in a background thread. The agent asks
+for the position *at a frame's capture time* (``fix_for_frame``): the provider keeps the last
+seconds of fixes (``history.FixHistory``) and interpolates between the two around the frame, or
+dead-reckons from the newest one when the frame is newer. Fixes are placed on this process's
+monotonic clock (when they were valid, estimated from when they were *received*), not on the
+receiver's or the system's UTC clock: a receiver clock or a system clock that is off must not
+make a stale fix look fresh. Nothing farther than ``max_fix_age_s`` from a real fix is
+reported: that is no fix. ``latest()`` is the newest fix with its age now (health, tools).
 """
 
 from __future__ import annotations
@@ -13,16 +16,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import datetime
-from typing import Literal
+from dataclasses import replace
+from typing import Protocol
 
 from edge_agent.errors import UserError
+from edge_agent.position.fix import FixMode, FixQuality, PositionFix, no_fix
+from edge_agent.position.history import FixHistory
 
 log = logging.getLogger(__name__)
 
-FixQuality = Literal["none", "gps", "dgps", "rtk_fixed", "rtk_float", "estimated", "manual", "simulated"]
-FixMode = Literal["none", "2d", "3d"]
+__all__ = ["Backoff", "FixMode", "FixQuality", "FrameTimes", "NoPositionProvider", "PositionError", "PositionFix",
+           "PositionProvider", "PositionUnavailableError", "no_fix"]
 
 
 class PositionError(UserError):
@@ -33,61 +37,21 @@ class PositionUnavailableError(PositionError):
     """The receiver type needs something this machine does not have (e.g. pyserial)."""
 
 
-@dataclass(frozen=True)
-class PositionFix:
-    """The vehicle position at one moment; all fields None and quality 'none' when there is no fix.
-
-    ``fix_quality`` says how the receiver solved it (plain GNSS, differential, RTK, dead
-    reckoning, ...); ``fix_mode`` whether it is 2D or 3D when the receiver tells. ``fix_time``
-    is the receiver's UTC time of the fix when known; ``age_s`` the seconds since this process
-    received it (for a stale fix that is reported as none: how old the last fix is).
-    """
-
-    lat: float | None = None
-    lon: float | None = None
-    alt_m: float | None = None
-    speed_mps: float | None = None
-    heading_deg: float | None = None
-    fix_quality: FixQuality = "none"
-    fix_mode: FixMode | None = None
-    satellites: int | None = None
-    fix_time: datetime | None = None
-    age_s: float | None = None
-    source: str = "none"
+class FrameTimes(Protocol):
+    """What a provider needs of a frame (``video.Frame`` has it; position does not import video)."""
 
     @property
-    def has_fix(self) -> bool:
-        return self.fix_quality != "none" and self.lat is not None and self.lon is not None
+    def monotonic_ts(self) -> float: ...
 
-    def to_dict(self) -> dict:
-        """JSON-ready; coordinates to 1e-7 degrees (~1 cm), the resolution receivers report."""
-
-        def r(value: float | None, digits: int) -> float | None:
-            return None if value is None else round(value, digits)
-
-        return {
-            "lat": r(self.lat, 7),
-            "lon": r(self.lon, 7),
-            "alt_m": r(self.alt_m, 2),
-            "speed_mps": r(self.speed_mps, 2),
-            "heading_deg": r(self.heading_deg, 1),
-            "fix_quality": self.fix_quality,
-            "fix_mode": self.fix_mode,
-            "satellites": self.satellites,
-            "fix_time": self.fix_time.isoformat().replace("+00:00", "Z") if self.fix_time else None,
-            "age_s": r(self.age_s, 2),
-            "source": self.source,
-        }
-
-
-def no_fix(source: str = "none", age_s: float | None = None) -> PositionFix:
-    return PositionFix(source=source, age_s=age_s)
+    @property
+    def position_s(self) -> float | None: ...
 
 
 class PositionProvider:
-    """Latest vehicle position from one receiver. ``start()`` begins receiving (background
-    thread where needed), ``latest()`` is cheap and thread-safe, ``stop()`` ends it.
-    Receivers call ``publish()`` with each new fix; the base class does the ageing."""
+    """Vehicle positions from one receiver. ``start()`` begins receiving (background thread
+    where needed), ``fix_for_frame()`` and ``latest()`` are cheap and thread-safe, ``stop()``
+    ends it. Receivers call ``publish()`` with each new fix; the base class keeps the history
+    and does the ageing."""
 
     source = "none"
 
@@ -97,6 +61,7 @@ class PositionProvider:
         self._lock = threading.Lock()
         self._fix: PositionFix | None = None
         self._received_at: float | None = None
+        self._history = FixHistory(keep_s=max(30.0, 2 * max_fix_age_s))
 
     def start(self) -> None:
         """Begin receiving. Receivers without a connection have nothing to do."""
@@ -114,8 +79,25 @@ class PositionProvider:
     def publish(self, fix: PositionFix | None) -> None:
         """Store the newest fix (None: the receiver reports no fix), stamped as received now."""
         with self._lock:
+            now = self._clock()
             self._fix = fix
-            self._received_at = self._clock()
+            self._received_at = now
+            self._history.add(now, fix)
+
+    def fix_at(self, monotonic_ts: float) -> PositionFix:
+        """The position at ``monotonic_ts`` (this process's monotonic clock): see the module docstring."""
+        with self._lock:
+            fix = self._history.at(monotonic_ts, self.max_fix_age_s, self.source)
+        return replace(fix, source=self.source)
+
+    def fix_for_frame(self, frame: FrameTimes) -> PositionFix:
+        """The vehicle position when ``frame`` was captured (live receivers: its monotonic capture time)."""
+        return self.fix_at(frame.monotonic_ts)
+
+    def capture_time(self, frame: FrameTimes) -> float | None:
+        """The frame's capture time (UTC epoch seconds) when the provider knows it better than the
+        frame's wall-clock stamp (a replayed recording); None: use the frame's own."""
+        return None
 
     def speed_at(self, timeline_s: float) -> float | None:
         """Speed over ground (m/s) for a frame at ``timeline_s`` (media time for recorded media,

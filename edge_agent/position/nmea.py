@@ -196,6 +196,16 @@ class NmeaParser:
         self._mode = _GSA_MODE.get(f[2], self._mode)
         return False
 
+    @property
+    def utc_time(self) -> time | None:
+        """UTC time of day of the current epoch (GGA, RMC), None before any."""
+        return self._time
+
+    @property
+    def utc_date(self) -> date | None:
+        """UTC date of the last RMC, None before any (GGA carries no date)."""
+        return self._date
+
     def fix(self) -> PositionFix | None:
         """The current fix, None while the receiver reports none."""
         if not self._valid or self._lat is None or self._lon is None:
