@@ -30,7 +30,7 @@ from edge_agent.agent.coverage import CoverageSettings, CoverageTracker, FrameSe
 from edge_agent.agent.health import HealthCollector
 from edge_agent.agent.pipeline import InferenceStage, ModelSlot, ReportStage, Segmented
 from edge_agent.agent.reporter import Reporter
-from edge_agent.agent.setup import AgentError, load_segmenter, prepare_camera_config
+from edge_agent.agent.setup import AgentError, prepare_camera_config
 from edge_agent.agent.stats import PipelineStats
 from edge_agent.comms import Communicator, open_communicator
 from edge_agent.config.agent import AgentConfig
@@ -223,6 +223,10 @@ class Agent:
                       reporter=self.reporter, model=self._model_slot(), config=self.config).register(registry)
         if self.updates is not None:
             self.updates.register_commands(registry)
+        else:  # model-status still answers (stage "disabled"); model-changing commands say why not
+            from edge_agent.updates.commands import register_disabled_commands
+
+            register_disabled_commands(registry, self._model_status)
         self.registry = registry
         self._comms().subscribe_commands(registry)
 
@@ -392,9 +396,11 @@ class Agent:
 
     # -- over-the-air updates (edge_agent.updates) -----------------------------------------
     def _load_model(self, path: Path | None) -> Segmenter:
+        from edge_agent.updates.device import model_loader
+
         measure = self.cfg.measurement
-        return load_segmenter(self.cfg.model, path, gsd_mm_per_px=(measure.gsd_x, measure.gsd_y),
-                              choice_cache=Path(self.cfg.state_dir))
+        return model_loader(self.cfg.model, gsd_mm_per_px=(measure.gsd_x, measure.gsd_y),
+                            choice_cache=Path(self.cfg.state_dir))(path)
 
     def _swap_model(self, segmenter: Segmenter) -> None:
         old = self._model_slot().swap(segmenter)
@@ -411,12 +417,9 @@ class Agent:
             log.exception("could not report the update progress")
 
     def _command_verifier(self) -> Callable[..., str | None] | None:
-        updates_cfg = self.cfg.updates
-        if not updates_cfg.require_signed_commands and not updates_cfg.command_public_keys:
-            return None
-        from edge_agent.updates.signed_commands import make_command_verifier
+        from edge_agent.updates.signed_commands import command_verifier_for
 
-        return make_command_verifier(updates_cfg, Path(self.cfg.state_dir))
+        return command_verifier_for(self.cfg.updates, Path(self.cfg.state_dir))
 
     def _audit(self, record: dict) -> None:
         if self.updates is not None:

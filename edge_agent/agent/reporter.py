@@ -2,6 +2,10 @@
 
 Runs on the report stage's thread: measurement, position, tracking and message building
 happen here, off the inference thread, so they overlap with the next frame's inference.
+
+The message is schema_version 2 (docs/mqtt.md): ``position`` is the antenna's position at the
+frame's capture time (``PositionProvider.fix_for_frame``), and ``camera`` says how the image
+lies on the road relative to the antenna, so the office can place every crack on the map.
 """
 
 from __future__ import annotations
@@ -18,13 +22,24 @@ from edge_agent.agent.stats import PipelineStats
 from edge_agent.comms.base import Communicator
 from edge_agent.config.measurement import MeasurementConfig
 from edge_agent.config.reporting import ReportingConfig
-from edge_agent.imageio import overlay_mask
+from edge_agent.imageio import annotate_cracks, overlay_mask
 from edge_agent.measure import CrackMeasurer, CrackTracker
+from edge_agent.measure.tracking import TrackedCrack
 from edge_agent.position import PositionProvider
 
 log = logging.getLogger(__name__)
 
 MODEL_FIELDS = ("name", "version", "backend", "precision", "threshold")
+# the image direction that points ahead is the opposite of where the road moves while driving forward
+FORWARD_OF_MOTION = {"down": "up", "up": "down", "left": "right", "right": "left"}
+
+
+def camera_block(measurement: MeasurementConfig) -> dict:
+    """The v2 ``camera`` object: ground resolution, which image direction is ahead, mount offsets."""
+    return {"gsd_x_mm_per_px": measurement.gsd_x, "gsd_y_mm_per_px": measurement.gsd_y,
+            "forward": FORWARD_OF_MOTION[measurement.image_motion],
+            "offset_forward_m": measurement.mount.offset_forward_m,
+            "offset_right_m": measurement.mount.offset_right_m}
 
 
 class Reporter:
@@ -61,10 +76,14 @@ class Reporter:
 
     def __call__(self, item: Segmented) -> None:
         with self._lock:
-            measurer, tracker, reporting = self.measurer, self.tracker, self.reporting
+            measurer, tracker, reporting, measurement = self.measurer, self.tracker, self.reporting, self.measurement
+        assert measurement is not None
         frame = item.frame
         cracks = measurer.measure(item.mask, item.prob) if item.mask.any() else []
-        fix = self.position.latest()
+        fix = self.position.fix_for_frame(frame)
+        # a replayed recording knows when the frame was really taken; live frames carry it
+        captured = self.position.capture_time(frame)
+        ts = frame.capture_ts if captured is None else captured
         # Recorded media may play faster than real time: track on media time so the
         # speed-based motion estimate matches what the camera saw.
         track_ts = frame.position_s if frame.position_s is not None else frame.capture_ts
@@ -75,6 +94,7 @@ class Reporter:
             payload = {
                 "frame": {"index": frame.index, "width": frame.width, "height": frame.height,
                           "source": frame.source, "position_s": frame.position_s},
+                "camera": camera_block(measurement),
                 "model": {k: item.model.get(k) for k in MODEL_FIELDS},
                 "inference_ms": round(item.inference_ms, 2),
                 "position": fix.to_dict(),
@@ -85,13 +105,15 @@ class Reporter:
                            for t in listed],
                 "cracks_omitted": len(tracked) - len(listed),
             }
-            self.comms.publish_detection(payload, ts=frame.capture_ts)
+            self.comms.publish_detection(payload, ts=ts)
             self.stats.add("detection_messages")
             self.stats.add("cracks_reported", len(tracked))
             self.stats.add("new_cracks", sum(1 for t in tracked if t.is_new))
-        self._maybe_snapshot(item, len(tracked), reporting)
+        self._maybe_snapshot(item, tracked, reporting, ts, measurement)
 
-    def _maybe_snapshot(self, item: Segmented, crack_count: int, reporting: ReportingConfig) -> None:
+    def _maybe_snapshot(self, item: Segmented, tracked: list[TrackedCrack], reporting: ReportingConfig, ts: float,
+                        measurement: MeasurementConfig) -> None:
+        crack_count = len(tracked)
         cfg = reporting.snapshots
         forced = self._snapshot_requested.is_set()
         now = time.monotonic()
@@ -102,18 +124,38 @@ class Reporter:
                 return
         self._snapshot_requested.clear()
         self._last_snapshot_mono = now
-        jpeg = encode_snapshot(item.frame.image, item.mask, cfg.max_width, cfg.jpeg_quality)
-        if self.comms.publish_snapshot(jpeg, item.frame.capture_ts, frame_index=item.frame.index,
+        labels = []
+        for t in tracked:
+            crack = t.crack.to_dict()
+            labels.append((crack_label(t.track_id, crack), tuple(crack["bbox_px"]), crack["severity"]))
+        jpeg = encode_snapshot(item.frame.image, item.mask, cfg.max_width, cfg.jpeg_quality, labels,
+                               (measurement.gsd_x + measurement.gsd_y) / 2)
+        if self.comms.publish_snapshot(jpeg, ts, frame_index=item.frame.index,
                                        crack_count=crack_count):
             self.stats.add("snapshots")
 
 
-def encode_snapshot(image: np.ndarray, mask: np.ndarray, max_width: int, quality: int) -> bytes:
-    """The frame with cracks drawn over it, downscaled to ``max_width``, as JPEG bytes."""
+def crack_label(track_id: str, crack: dict) -> str:
+    """``#12 transverse 4.1 mm low``: the track number (the id's last part), type, mean width, severity."""
+    return f"#{track_id.rsplit('-', 1)[-1]} {crack['type']} {crack['width_mean_mm']:.1f} mm {crack['severity']}"
+
+
+def encode_snapshot(image: np.ndarray, mask: np.ndarray, max_width: int, quality: int,
+                    labels: list[tuple[str, tuple[int, ...], str]] | None = None,
+                    mm_per_px: float | None = None) -> bytes:
+    """The frame with cracks drawn over it, downscaled to ``max_width``, as JPEG bytes; with
+    ``labels`` ((text, bbox, severity) per crack) each crack is boxed and labelled, and with
+    ``mm_per_px`` a scale bar is drawn (both after downscaling, so the text stays readable)."""
     picture = overlay_mask(image, mask)
     h, w = picture.shape[:2]
+    factor = 1.0
     if w > max_width:
-        picture = cv2.resize(picture, (max_width, max(1, round(h * max_width / w))), interpolation=cv2.INTER_AREA)
+        factor = max_width / w
+        picture = cv2.resize(picture, (max_width, max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
+    if labels is not None or mm_per_px:
+        boxes = [(text, (round(b[0] * factor), round(b[1] * factor), max(1, round(b[2] * factor)),
+                         max(1, round(b[3] * factor))), sev) for text, b, sev in labels or []]
+        picture = annotate_cracks(picture, boxes, mm_per_px / factor if mm_per_px else None)
     ok, buf = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError("JPEG encoding of a snapshot failed")

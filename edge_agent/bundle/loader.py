@@ -167,8 +167,8 @@ def verify_bundle_dir(root: Path, public_key: PublicKeyLike | None = None,
                           "copy or download the bundle again")
     try:
         raw = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{manifest_path}: not valid JSON ({exc}); rebuild the bundle") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON ({type(exc).__name__}); rebuild the bundle") from exc
     version = raw.get("schema_version") if isinstance(raw, dict) else None
     if version not in SUPPORTED_SCHEMA_VERSIONS:
         raise BundleError(f"{manifest_path}: unknown schema_version {version!r} (this crackseg-edge reads "
@@ -249,7 +249,8 @@ def _extract(archive: Path, dest: Path, max_bytes: int) -> None:
         raise
     except FileExistsError as exc:
         raise BundleError(f"{archive}: holds the same file twice ({exc.filename}); refused") from exc
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError, ValueError) as exc:
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError, ValueError, NotImplementedError,
+            RuntimeError) as exc:  # zip: unsupported compression or encryption raise the last two
         raise BundleError(f"{archive}: truncated or corrupt archive ({type(exc).__name__}: {exc}); "
                           "download or copy it again") from exc
 

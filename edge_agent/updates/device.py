@@ -47,20 +47,25 @@ def model_public_key_of(model_cfg: Any, environ: Mapping[str, str] | None = None
     return model_public_key(model_cfg, environ)
 
 
-def model_loader(model_cfg: Any, environ: Mapping[str, str] | None = None) -> Callable[[Path | None], Any]:
+def model_loader(model_cfg: Any, environ: Mapping[str, str] | None = None, *,
+                 gsd_mm_per_px: tuple[float, float] | None = None,
+                 choice_cache: Path | None = None) -> Callable[[Path | None], Any]:
     """``load_model`` as the agent does it (backend, threads, providers, key, precision, threshold).
 
-    For the CLI and tools; the agent passes its own ``Agent.load_model``.
+    The one way a device opens its model: the agent, the update manager and the CLI all use it.
+    ``path`` None means the configured model. ``gsd_mm_per_px`` (x, y) is the camera's ground
+    resolution (frames are resampled to a bundle's declared one); ``choice_cache`` is where
+    ``backend: auto`` remembers which runtime is faster here.
     """
     from edge_agent.detectors.runtime import open_model
 
     public_key = model_public_key_of(model_cfg, environ)
 
     def load(path: Path | None) -> Any:
-        return open_model(path, backend=model_cfg.backend, threads=model_cfg.threads,
-                          providers=model_cfg.onnx_providers(), public_key=public_key,
+        return open_model(path if path is not None else model_cfg.path, backend=model_cfg.backend,
+                          threads=model_cfg.threads, providers=model_cfg.onnx_providers(), public_key=public_key,
                           require_signature=model_cfg.require_signature, precision=model_cfg.precision,
-                          threshold=model_cfg.threshold)
+                          threshold=model_cfg.threshold, gsd_mm_per_px=gsd_mm_per_px, choice_cache=choice_cache)
 
     return load
 

@@ -29,5 +29,8 @@ def redact_url(url: str) -> str:
         netloc = f"{user}:{REDACTED}@{host}" if parts.password is not None else f"{user}@{host}"
     query = parts.query
     if query:
-        query = urlencode([(k, REDACTED) for k, _ in parse_qsl(query, keep_blank_values=True)], safe="*")
+        try:
+            query = urlencode([(k, REDACTED) for k, _ in parse_qsl(query, keep_blank_values=True)], safe="*")
+        except (UnicodeError, ValueError):  # a lone surrogate in a key: say nothing of the query
+            query = REDACTED
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
