@@ -112,3 +112,16 @@ def test_any_array_is_a_frame_or_a_reason(shape, dtype):
     except FrameError:
         return
     assert bgr.dtype == np.uint8 and bgr.ndim == 3 and bgr.shape[2] == 3
+
+
+def test_the_pixel_limit_is_a_setting(tmp_path: Path):
+    from edge_agent.config.loader import load_config
+    from edge_agent.video.factory import capture_from_config
+
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), np.full((100, 200, 3), 100, np.uint8))
+    (tmp_path / "cfg.yaml").write_text(f"camera: {{source: {tmp_path}, realtime: false, max_pixels: 10000}}\n")
+    cfg = load_config(tmp_path / "cfg.yaml")
+    with capture_from_config(cfg.camera) as cap:
+        frames = list(cap.frames(timeout=10))
+    assert frames == [] and cap.stats().corrupt_frames == 2  # 20,000 px each: over the 10,000 px limit

@@ -54,6 +54,9 @@ class CameraConfig(ConfigSection):
     max_reconnect_attempts: int | None = Field(None, ge=0, description=(
         "consecutive failed reopen attempts before giving up (state failed); None: retry forever"))
     queue_size: int = Field(4, ge=1, le=1000, description="frames buffered for the consumer")
+    max_pixels: int = Field(40_000_000, ge=1, le=268_435_456, description=(
+        "frames (and images of a folder) larger than this many pixels are refused before decoding: a small file "
+        "can declare a gigapixel image"))
     queue_policy: QueuePolicy = Field("drop_oldest", description=(
         "drop_oldest: a slow consumer gets the freshest frames (live use); block: the reader waits, "
         "nothing is lost (offline processing of files)"))

@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 
 from edge_agent.video.errors import EndOfSource, SourceReadError, VideoSourceError
-from edge_agent.video.frame import EndOfStream, EndReason, Frame, frame_problem
+from edge_agent.video.frame import MAX_FRAME_PIXELS, EndOfStream, EndReason, Frame, frame_problem
 from edge_agent.video.framequeue import FrameQueue
 from edge_agent.video.pacing import FrameRateLimiter, FrameSelectorLike
 from edge_agent.video.sources import FrameSource, Grab, SourceSession
@@ -149,7 +149,7 @@ class _Reader:
                     return
             wall, mono = time.time(), time.monotonic()
             image = session.retrieve()
-            problem = frame_problem(image)
+            problem = frame_problem(image, cap.max_pixels)
             if problem is not None or image is None:
                 cap._corrupt(problem or "no image", grab)
                 continue
@@ -182,9 +182,10 @@ class FrameCapture:
                  queue_size: int = 4, queue_policy: Literal["drop_oldest", "block"] = "drop_oldest",
                  stall_timeout_s: float = 5.0, open_timeout_s: float = 10.0, backoff_min_s: float = 0.5,
                  backoff_max_s: float = 30.0, max_reconnect_attempts: int | None = None,
-                 selector: FrameSelectorLike | None = None):
+                 selector: FrameSelectorLike | None = None, max_pixels: int = MAX_FRAME_PIXELS):
         self.source = source
         self.selector = selector
+        self.max_pixels = max_pixels
         self._frame_shape: tuple[int, int] | None = None
         self.fps, self.realtime = fps, realtime
         self.stall_timeout_s, self.open_timeout_s = stall_timeout_s, open_timeout_s

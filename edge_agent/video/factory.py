@@ -103,8 +103,8 @@ def make_source(cfg: CameraConfig) -> FrameSource:
         return StreamSource(str(spec.target), ffmpeg_options=cfg.ffmpeg_options, open_timeout_s=cfg.open_timeout_s,
                             read_timeout_s=max(2.0, 4 * cfg.stall_timeout_s), name=cfg.name)
     if spec.kind == "file":
-        return VideoFileSource(str(spec.target), loop=cfg.loop, name=cfg.name)
-    return ImageFolderSource(str(spec.target), loop=cfg.loop, fps=cfg.fps, name=cfg.name)
+        return VideoFileSource(str(spec.target), loop=cfg.loop, name=cfg.name, max_pixels=cfg.max_pixels)
+    return ImageFolderSource(str(spec.target), loop=cfg.loop, fps=cfg.fps, name=cfg.name, max_pixels=cfg.max_pixels)
 
 
 def _preset_pipeline(spec: SourceSpec, cfg: CameraConfig) -> str:
@@ -126,4 +126,5 @@ def capture_from_config(cfg: CameraConfig, selector: FrameSelectorLike | None = 
                         queue_policy=cfg.queue_policy, stall_timeout_s=cfg.stall_timeout_s,
                         open_timeout_s=cfg.open_timeout_s, backoff_min_s=cfg.reconnect_backoff_min_s,
                         backoff_max_s=cfg.reconnect_backoff_max_s,
-                        max_reconnect_attempts=cfg.max_reconnect_attempts, selector=selector)
+                        max_reconnect_attempts=cfg.max_reconnect_attempts, selector=selector,
+                        max_pixels=cfg.max_pixels)

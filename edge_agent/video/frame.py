@@ -74,7 +74,7 @@ class EndOfStream:
     error: str | None = None
 
 
-def frame_problem(image: object) -> str | None:
+def frame_problem(image: object, max_pixels: int = MAX_FRAME_PIXELS) -> str | None:
     """Why ``image`` is not a usable BGR frame, or None when it is.
 
     Backends return None, empty arrays, grey or 4-channel images on glitches; those are counted as corrupt
@@ -90,6 +90,6 @@ def frame_problem(image: object) -> str | None:
         return f"shape {image.shape}, expected HxWx3"
     if image.shape[0] == 0 or image.shape[1] == 0:
         return "empty image"
-    if image.shape[0] * image.shape[1] > MAX_FRAME_PIXELS:
-        return f"{image.shape[1]}x{image.shape[0]} is more than {MAX_FRAME_PIXELS / 1e6:.0f} Mpx"
+    if image.shape[0] * image.shape[1] > max_pixels:
+        return f"{image.shape[1]}x{image.shape[0]} is more than {max_pixels / 1e6:.0f} Mpx (camera.max_pixels)"
     return None

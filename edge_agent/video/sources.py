@@ -283,10 +283,12 @@ class VideoFileSource(FrameSource):
     kind = "file"
     timed = True
 
-    def __init__(self, path: str | Path, *, loop: bool = False, name: str | None = None):
+    def __init__(self, path: str | Path, *, loop: bool = False, name: str | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         super().__init__(name or str(path))
         self.path = Path(path)
         self.loop = loop
+        self.max_pixels = max_pixels
         self.finite = not loop
 
     def check(self) -> None:
@@ -300,9 +302,9 @@ class VideoFileSource(FrameSource):
                 raise SourceSpecError(f"{self.path}: not a video OpenCV can read (corrupt, or a codec this "
                                       f"OpenCV build lacks; try re-encoding to H.264 .mp4 or MJPG .avi)")
             w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
-            if w * h > DEFAULT_MAX_PIXELS:
-                raise SourceSpecError(f"{self.path}: frames of {w}x{h} are more than "
-                                      f"{DEFAULT_MAX_PIXELS / 1e6:.0f} Mpx; resize the video")
+            if w * h > self.max_pixels:
+                raise SourceSpecError(f"{self.path}: frames of {w}x{h} are more than {self.max_pixels / 1e6:.0f} "
+                                      "Mpx (camera.max_pixels); resize the video or raise the limit")
         finally:
             cap.release()
 
@@ -383,10 +385,12 @@ class ImageFolderSource(FrameSource):
 
     kind = "folder"
 
-    def __init__(self, path: str | Path, *, loop: bool = False, fps: float | None = None, name: str | None = None):
+    def __init__(self, path: str | Path, *, loop: bool = False, fps: float | None = None, name: str | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         super().__init__(name or str(path))
         self.path = Path(path)
         self.loop, self.fps = loop, fps
+        self.max_pixels = max_pixels
         self.finite = not loop
         self.timed = fps is not None
 
@@ -431,7 +435,7 @@ class _FolderSession(SourceSession):
     def retrieve(self) -> np.ndarray | None:
         path = self._files[self._i]
         try:
-            return read_image(path)
+            return read_image(path, max_pixels=self._src.max_pixels)
         except (ImageReadError, OSError, cv2.error, MemoryError) as e:
             log.warning("skipped unreadable image: %s", e)
             return None

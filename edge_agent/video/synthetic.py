@@ -175,12 +175,17 @@ class Track:
         e, n, h = self._eval(i, np.array([s - self._pieces[i][0]]), np.zeros(1))
         return float(e[0]), float(n[0]), math.degrees(float(h[0])) % 360.0
 
-    def from_world(self, e: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(east, north) -> road coordinates, for points within a radius of the track."""
+    def from_world(self, e: np.ndarray, n: np.ndarray, near_s: float | None = None, reach_m: float = 10.0,
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """(east, north) -> road coordinates, for points within a radius of the track (all of them
+        within ``reach_m`` of track distance ``near_s`` when given: only the pieces there are tried)."""
         best = np.full(np.shape(e), np.inf)
         s_out, d_out = np.zeros(np.shape(e)), np.zeros(np.shape(e))
         last = len(self._pieces) - 1
         for i, (s0, length, e0, n0, h0, r, sign) in enumerate(self._pieces):
+            if near_s is not None and ((i > 0 and near_s + reach_m < s0)
+                                       or (i < last and near_s - reach_m > s0 + length)):
+                continue
             if r == 0:
                 s = (e - e0) * math.sin(h0) + (n - n0) * math.cos(h0)
                 d = (e - e0) * math.cos(h0) - (n - n0) * math.sin(h0)
@@ -218,7 +223,7 @@ def _wiggly(rng: np.random.Generator, a: tuple[float, float], b: tuple[float, fl
             amp_m: float = 0.012) -> np.ndarray:
     """A crack-like line from a to b (road coordinates): a smoothed random walk across the chord."""
     pa, pb = np.array(a), np.array(b)
-    n = max(3, int(np.linalg.norm(pb - pa) / step_m))
+    n = max(6, int(np.linalg.norm(pb - pa) / step_m))
     t = np.linspace(0, 1, n)[:, None]
     across = np.array([-(pb - pa)[1], (pb - pa)[0]]) / (np.linalg.norm(pb - pa) + 1e-12)
     walk = np.cumsum(rng.normal(0, 1, n))
@@ -256,7 +261,8 @@ class Road:
     s_range: tuple[float, float]
     d_range: tuple[float, float] = (-1.0, 2.5)
     res_mm: float = 2.5
-    marking_d: float | None = 1.6  # centre of a 12 cm edge line (None: no marking)
+    marking_d: float | None = 1.6  # centre of a 12 cm lane line (None: no marking)
+    dashes: tuple[float, float] | None = None  # (dash, gap) metres: a broken line; None: continuous
     shadows: tuple[tuple[float, float, float], ...] = ()  # (s centre, width m, angle deg to the road): cast shadows
     seed: int = 0
     texture: np.ndarray = field(init=False, repr=False)
@@ -266,9 +272,11 @@ class Road:
         rows = int((self.s_range[1] - self.s_range[0]) / res)
         cols = int((self.d_range[1] - self.d_range[0]) / res)
         rng = np.random.default_rng(self.seed)
+        cv2.setRNGSeed(self.seed)
 
         def noise(sigma: float, every: int) -> np.ndarray:  # noise of ``every``-pixel grain, bilinear
-            small = rng.standard_normal((rows // every + 2, cols // every + 2), dtype=np.float32) * sigma
+            small = np.empty((rows // every + 2, cols // every + 2), np.float32)
+            cv2.randn(small, 0.0, sigma)
             return cv2.resize(small, (cols, rows), interpolation=cv2.INTER_LINEAR if every > 1 else cv2.INTER_NEAREST)
 
         gray = noise(7, 1)  # grain, stones, wear, patches
@@ -285,6 +293,10 @@ class Road:
             d_cols = (np.arange(c0, c1, dtype=np.float32)[None, :] + 0.5) * res + self.d_range[0]
             paint = np.clip(0.5 - (np.abs(d_cols - self.marking_d) - 0.06) / 0.012, 0, 1)
             paint = paint * np.clip(0.9 + noise(0.08, 3)[:, c0:c1], 0, 1)
+            if self.dashes is not None:
+                s_rows = (np.arange(rows, dtype=np.float32)[:, None] + 0.5) * res + self.s_range[0]
+                phase = np.mod(s_rows, self.dashes[0] + self.dashes[1])
+                paint *= np.clip((self.dashes[0] - phase) / 0.01, 0, 1) * np.clip(phase / 0.01, 0, 1)
             band = gray[:, c0:c1]
             gray[:, c0:c1] = band * (1 - paint) + (165 + 0.5 * (band - 100)) * paint
         crack = np.zeros((rows, cols), np.uint8)
@@ -337,13 +349,18 @@ def render_view(road: Road, pose: tuple[float, float, float], offsets: tuple[np.
     ahead, right = offsets
     e = e0 + ahead * math.sin(h) + right * math.cos(h)
     n = n0 + ahead * math.cos(h) - right * math.sin(h)
-    s, d = road.track.from_world(e, n)
+    here, _ = road.track.from_world(np.array([e0]), np.array([n0]))
+    reach = float(np.max(np.hypot(ahead, right))) + 1.0
+    s, d = road.track.from_world(e, n, near_s=float(here[0]), reach_m=reach)
     res = road.res_mm / 1000.0
     map_x = ((d - road.d_range[0]) / res - 0.5).astype(np.float32)
     map_y = ((s - road.s_range[0]) / res - 0.5).astype(np.float32)
     img = cv2.remap(road.texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    if noise:
-        img = np.clip(img + np.random.default_rng(seed).normal(0, noise, img.shape), 0, 255).astype(np.uint8)
+    if noise:  # sensor noise
+        grain = np.empty(img.shape, np.int16)
+        cv2.setRNGSeed(seed)
+        cv2.randn(grain, 0, noise)
+        img = cv2.add(img, grain, dtype=cv2.CV_8U)
     return img
 
 
