@@ -247,7 +247,13 @@ else
     run "$PYTHON" -m venv "${venv_args[@]}" "$ROOT$VENV"
 fi
 PIP=("$ROOT$VENV/bin/python" -m pip)
-run "${PIP[@]}" install --disable-pip-version-check --upgrade "$SRC_DIR${EXTRAS:+[$EXTRAS]}"
+pin_args=()
+if [ "$SYSTEM_OPENCV" -eq 1 ]; then
+    # keep the system's numpy: its OpenCV is built for it (see system-constraints.sh)
+    run bash "$SRC_DIR/systemd/system-constraints.sh" "$ROOT$VENV/bin/python" "$ROOT$VENV/system-constraints.txt"
+    pin_args=(-c "$ROOT$VENV/system-constraints.txt")
+fi
+run "${PIP[@]}" install --disable-pip-version-check --upgrade "${pin_args[@]}" "$SRC_DIR${EXTRAS:+[$EXTRAS]}"
 if [ -n "$ORT_WHEEL" ]; then
     run "${PIP[@]}" uninstall -y onnxruntime
     run "${PIP[@]}" install --disable-pip-version-check "$ORT_WHEEL"
