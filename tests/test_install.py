@@ -50,7 +50,10 @@ def test_dry_run_plan_changes_nothing(tmp_path: Path, device: str):
     assert any(c.startswith("python3 -m venv") and c.endswith(venv) and ("--system-site-packages" in c) == system_site
                for c in cmds), cmds
     extras = "[tflite]" if not device.startswith("jetson") else ""
-    assert f"{venv}/bin/python -m pip install --disable-pip-version-check --upgrade {REPO}{extras}" in cmds
+    pin = f"-c {venv}/system-constraints.txt " if system_site else ""  # the system numpy stays (its OpenCV)
+    assert f"{venv}/bin/python -m pip install --disable-pip-version-check --upgrade {pin}{REPO}{extras}" in cmds
+    assert (f"bash {REPO}/systemd/system-constraints.sh {venv}/bin/python {venv}/system-constraints.txt" in cmds) \
+        == system_site
     assert f"write {root}/etc/crackseg-edge/config.yaml (mode 0644)" in cmds
     assert f"write {root}/etc/systemd/system/crackseg-edge.service (mode 0644)" in cmds
     assert f"install -d -m 0700 {root}/etc/crackseg-edge/credentials" in cmds
