@@ -11,10 +11,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from office.geo import Camera, PolylineBatch
+import numpy as np
+import shapely
+
+from office.geo import Camera, FloatArray, PolylineBatch
 from office.messages import DetectionMessage, JsonMessage, Quarantine, SnapshotMessage
+
+GeometryFormat = Literal["wkt", "ewkb"]
 
 
 @dataclass(slots=True)
@@ -30,20 +35,6 @@ class Incoming:
     generation: int = 0
     user_properties: dict[str, str] = field(default_factory=dict)
     content_type: str | None = None
-
-
-def line_wkt(coords: Any) -> str | None:
-    """(N, 2) lon/lat -> WKT LINESTRING with 1e-8 degree resolution (about 1 mm); one point is doubled."""
-    n = len(coords)
-    if n == 0:
-        return None
-    if n == 1:
-        coords = [coords[0], coords[0]]
-    return "LINESTRING(" + ",".join(f"{x:.8f} {y:.8f}" for x, y in coords) + ")"
-
-
-def point_wkt(lon: float, lat: float) -> str:
-    return f"POINT({lon:.8f} {lat:.8f})"
 
 
 BORDER_PX = 3   # skeleton ends stop a pixel or two short of the border they cross
@@ -72,8 +63,30 @@ class DetectionRows:
     observations: dict[str, list[dict[str, Any]]]
 
 
-def detection_rows(batch: list[tuple[DetectionMessage, datetime]]) -> DetectionRows:
+def geometry_texts(lines: list[FloatArray], points: list[tuple[float, float]], fmt: GeometryFormat,
+                   ) -> tuple[list[str], list[str]]:
+    """Many lines and points (lon/lat) as text for the database, in one vectorised shapely call each:
+    "wkt" (SQLite; 1e-8 degrees, about 1 mm) or "ewkb" (hex EWKB with SRID 4326, which PostgreSQL
+    parses faster than WKT and which keeps full precision). A one-point line gets its point twice."""
+    def encode(geoms: Any) -> list[str]:
+        if fmt == "ewkb":
+            return list(shapely.to_wkb(shapely.set_srid(geoms, 4326), hex=True, include_srid=True))
+        return list(shapely.to_wkt(geoms, rounding_precision=8, trim=True))
+
+    out_lines: list[str] = []
+    if lines:
+        fixed = [ln if len(ln) > 1 else np.vstack([ln, ln]) for ln in lines]
+        counts = np.array([len(ln) for ln in fixed])
+        out_lines = encode(shapely.linestrings(np.vstack(fixed), indices=np.repeat(np.arange(len(fixed)), counts)))
+    out_points: list[str] = []
+    if points:
+        out_points = encode(shapely.points(np.asarray(points, dtype=np.float64)))
+    return out_lines, out_points
+
+
+def detection_rows(batch: list[tuple[DetectionMessage, datetime]], fmt: GeometryFormat = "wkt") -> DetectionRows:
     geo = PolylineBatch()
+    with_point: list[tuple[dict[str, Any], tuple[float, float]]] = []
     pending: list[tuple[dict[str, Any], int]] = []
     messages: list[dict[str, Any]] = []
     observations: dict[str, list[dict[str, Any]]] = {}
@@ -91,10 +104,12 @@ def detection_rows(batch: list[tuple[DetectionMessage, datetime]]) -> DetectionR
             "footprint_across_m": cam.footprint_m(d.frame.width, d.frame.height)[0] if cam else None,
             "crack_count": d.crack_count, "cracks_omitted": d.cracks_omitted, "model_name": d.model.name[:128],
             "model_version": d.model.version[:64],
-            "geom": point_wkt(p.lon, p.lat) if has_point and p.lon is not None and p.lat is not None else None,
+            "geom": None,
             "segment_state": 0 if has_point and p.heading_deg is not None else 1,
             "payload": msg.raw.decode("utf-8"),
         })
+        if has_point and p.lon is not None and p.lat is not None:
+            with_point.append((messages[-1], (p.lon, p.lat)))
         rows = []
         place = placeable(msg) and cam is not None
         for c in d.cracks:
@@ -110,8 +125,11 @@ def detection_rows(batch: list[tuple[DetectionMessage, datetime]]) -> DetectionR
             rows.append(row)
         observations[d.msg_id] = rows
     geo.solve()
-    for row, handle in pending:
-        row["geom"] = line_wkt(geo.result(handle))
+    lines, points = geometry_texts([geo.result(h) for _, h in pending], [pt for _, pt in with_point], fmt)
+    for (row, _), text in zip(pending, lines):
+        row["geom"] = text
+    for (row, _), text in zip(with_point, points):
+        row["geom"] = text
     return DetectionRows(messages, observations)
 
 

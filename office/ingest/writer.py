@@ -129,7 +129,7 @@ class BatchWriter:
                     quarantined[row["sha256"]] = row
 
         if dets:
-            rows = detection_rows([dets[k] for k in sorted(dets)])
+            rows = detection_rows([dets[k] for k in sorted(dets)], "ewkb" if self.db.is_postgres else "wkt")
             if self.db.is_postgres:
                 staged = [dict(row, msg_id=mid) for mid, obs_rows in rows.observations.items() for row in obs_rows]
                 new, _ = copy_detections(conn, t, rows.messages, staged)
@@ -187,14 +187,16 @@ class BatchWriter:
         replays = 0
         for msg, item in items:
             if msg.msg_id in rows:
-                replays += 0 if item.retain else 1
+                replays += 1
                 continue
             rows[msg.msg_id] = history_row(msg, item.received_at, item.retain)
         stmt = self.db.insert_ignore(table, "msg_id").returning(table.c.msg_id)
         new = {r[0] for r in conn.execute(stmt, [rows[k] for k in sorted(rows)]).all()}
         out.stored += len(new)
-        # a retained status is replayed to every (re)subscribing worker: expected, not a duplicate
-        out.duplicates += replays + sum(1 for k, r in rows.items() if k not in new and not r.get("retained"))
+        if kind != "status":
+            # status is subscribed by every worker (and replayed, retained, at every subscription):
+            # a second copy of a status is expected there, not a re-delivery worth counting
+            out.duplicates += replays + sum(1 for k in rows if k not in new)
         if kind == "cmd/response":
             return out
         latest: dict[str, dict[str, Any]] = {}

@@ -6,8 +6,8 @@ each time), which cost more CPU than everything else ingest does. COPY streams r
 any SQL to parse, and one statement then does the idempotent insert of the messages
 (``ON CONFLICT DO NOTHING``, in ``msg_id`` order so concurrent workers lock rows in the same
 order) and of the observations of the messages that were new, in the same transaction as
-the rest of the batch. Geometries travel as EWKT text, the payload as JSON text; PostgreSQL
-parses both into ``geometry``/``jsonb`` (a payload it refuses fails the batch, which the
+the rest of the batch. Geometries travel as hex EWKB (``rows.geometry_texts``), the payload as
+JSON text; PostgreSQL parses both into ``geometry``/``jsonb`` (a payload it refuses fails the batch, which the
 writer then splits to quarantine the one bad message).
 """
 
@@ -21,10 +21,6 @@ from office.store.schema import Tables
 
 STAGE_MESSAGES = "office_stage_messages"
 STAGE_OBSERVATIONS = "office_stage_observations"
-
-
-def _ewkt(wkt: str | None) -> str | None:
-    return None if wkt is None else f"SRID=4326;{wkt}"
 
 
 def copy_detections(conn: Connection, t: Tables, messages: list[dict[str, Any]],
@@ -50,11 +46,8 @@ def _copy_detections(conn: Connection, t: Tables, messages: list[dict[str, Any]]
         cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {STAGE_MESSAGES} ON COMMIT DELETE ROWS AS "
                     f"SELECT {', '.join(m_cols)} FROM {t.detection_messages.name} WITH NO DATA")
         with cur.copy(f"COPY {STAGE_MESSAGES} ({', '.join(m_cols)}) FROM STDIN") as copy:
-            gi = m_cols.index("geom")
             for row in messages:
-                values = [row[c] for c in m_cols]
-                values[gi] = _ewkt(values[gi])
-                copy.write_row(values)
+                copy.write_row([row[c] for c in m_cols])
         obs_sql = "SELECT 1 WHERE false"
         if observations:
             cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {STAGE_OBSERVATIONS} ON COMMIT DELETE ROWS AS "
@@ -62,11 +55,8 @@ def _copy_detections(conn: Connection, t: Tables, messages: list[dict[str, Any]]
                         f"FROM {t.crack_observations.name} o, {t.detection_messages.name} m WITH NO DATA")
             cols = ["msg_id", *o_cols]
             with cur.copy(f"COPY {STAGE_OBSERVATIONS} ({', '.join(cols)}) FROM STDIN") as copy:
-                gi = cols.index("geom")
                 for row in observations:
-                    values = [row[c] for c in cols]
-                    values[gi] = _ewkt(values[gi])
-                    copy.write_row(values)
+                    copy.write_row([row[c] for c in cols])
             obs_sql = (f"INSERT INTO {t.crack_observations.name} (message_id, {', '.join(o_cols)}) "
                        f"SELECT new.id, {', '.join('o.' + c for c in o_cols)} FROM {STAGE_OBSERVATIONS} o "
                        f"JOIN new ON new.msg_id = o.msg_id RETURNING 1")

@@ -201,3 +201,42 @@ def test_nothing_is_acknowledged_before_it_is_committed(office_broker: Mosquitto
         pub.close()
     finally:
         server.cleanup()
+
+
+def test_tls_and_password(make_broker, sqlite_url: str, tmp_path: Path) -> None:  # noqa: ANN001 - fixture
+    """mqtts:// with the broker's CA, a username and a password file (in-process worker)."""
+    import ssl
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+    from office.config import IngestConfig
+    from office.ingest.worker import IngestWorker
+
+    broker = make_broker(tls=True, users={"office": "s3cret", "van-01": "v4n"},
+                         extra_config="max_queued_messages 0")
+    assert broker.tls_files is not None
+    pw = tmp_path / "mqtt.pw"
+    pw.write_text("s3cret\n")
+    cfg = IngestConfig(mqtt_url=broker.url, db_url=sqlite_url, client_id="office-tls", username="office",
+                       password_file=pw, ca_file=broker.tls_files.ca_cert, refresh_interval_s=0)
+    worker = IngestWorker(cfg)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        assert worker.receiver.subscribed.wait(30), worker.receiver.last_error
+        detections = fleet_detections(1, 10.0, seed=5)
+        pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="van-01", protocol=MQTTProtocolVersion.MQTTv5)
+        pub.tls_set(ca_certs=str(broker.tls_files.ca_cert), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        pub.username_pw_set("van-01", "v4n")
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        for d in detections:
+            pub.publish(d.topic, d.payload, qos=1).wait_for_publish(10)
+        pub.disconnect()
+        pub.loop_stop()
+        wait_until(lambda: worker.stats.detections == len(detections), 60, lambda: str(worker.stats))
+    finally:
+        worker.stop()
+        thread.join(timeout=60)
+    assert stored(sqlite_url) == len(detections)

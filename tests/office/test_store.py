@@ -82,6 +82,9 @@ def test_side_traffic_history_and_latest_state(db: Database) -> None:
     # the retained status comes again on every (re)subscription: stored once, not a "duplicate"
     out = w.write([raw(status.topic, status.payload, retain=True)])
     assert out.stored == 0 and out.duplicates == 0
+    # ...and every worker gets every status (not shared): the other worker's copy is not one either
+    out = BatchWriter(db, "other").write([raw(status.topic, status.payload)])
+    assert out.stored == 0 and out.duplicates == 0
     will = envelope_message("van-3", 0, {"state": "offline"})
     w.write([raw(status.topic, will)])
     s = query.stats(db)
