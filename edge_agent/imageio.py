@@ -134,3 +134,47 @@ def overlay_mask(image_bgr: np.ndarray, mask: np.ndarray, color=(0, 0, 255), alp
         contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, color, 1)
     return out
+
+
+SEVERITY_COLORS = {"low": (0, 215, 255), "medium": (0, 140, 255), "high": (40, 40, 230)}  # BGR: yellow, orange, red
+
+
+def annotate_cracks(image_bgr: np.ndarray, labels: list[tuple[str, tuple[int, int, int, int], str]],
+                    mm_per_px: float | None = None) -> np.ndarray:
+    """``image_bgr`` with a box and a label per crack, and a scale bar when the ground resolution is known.
+
+    ``labels``: (text, bbox (x, y, w, h) in this image's pixels, severity). Labels sit above their
+    box (below it at the top edge), on a dark plate so they read on any road.
+    """
+    out = image_bgr.copy()
+    h, w = out.shape[:2]
+    scale = max(0.35, min(1.0, w / 1400))
+    thick = 1 if scale < 0.6 else 2
+    for text, (x, y, bw, bh), severity in labels:
+        color = SEVERITY_COLORS.get(severity, (255, 255, 255))
+        cv2.rectangle(out, (x, y), (x + bw - 1, y + bh - 1), color, 1)
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        tx = min(max(0, x), max(0, w - tw - 4))
+        ty = y - 4 if y - th - base - 4 >= 0 else min(h - base - 2, y + bh + th + 4)
+        cv2.rectangle(out, (tx, ty - th - 3), (tx + tw + 4, ty + base), (20, 20, 20), -1)
+        cv2.putText(out, text, (tx + 2, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thick, cv2.LINE_AA)
+    if mm_per_px and mm_per_px > 0:
+        draw_scale_bar(out, mm_per_px, scale, thick)
+    return out
+
+
+def draw_scale_bar(image: np.ndarray, mm_per_px: float, scale: float = 0.5, thick: int = 1) -> None:
+    """A bar of a round length (about a fifth of the width) at the bottom left, labelled in mm, in place."""
+    h, w = image.shape[:2]
+    target = w / 5 * mm_per_px
+    length_mm = next((v for v in (1000, 500, 200, 100, 50, 20, 10, 5, 2, 1) if v <= target), 1)
+    px = max(1, round(length_mm / mm_per_px))
+    text, font_scale = f"{length_mm} mm", max(0.4, scale)
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thick)
+    x0, y0 = 10, h - 12
+    cv2.rectangle(image, (x0 - 6, y0 - max(12, th) - 6), (x0 + px + tw + 14, y0 + 8), (20, 20, 20), -1)
+    cv2.line(image, (x0, y0), (x0 + px, y0), (255, 255, 255), 3)
+    for x in (x0, x0 + px):
+        cv2.line(image, (x, y0 - 6), (x, y0 + 4), (255, 255, 255), 2)
+    cv2.putText(image, text, (x0 + px + 8, y0 + 4), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), thick,
+                cv2.LINE_AA)

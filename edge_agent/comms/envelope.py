@@ -1,6 +1,6 @@
 """The envelope every JSON message carries, so the office side can dedupe and detect loss.
 
-Envelope fields sit at the top level next to the caller's fields (``{"schema_version": 1,
+Envelope fields sit at the top level next to the caller's fields (``{"schema_version": 2,
 "msg_id": ..., "seq": 17, "device_id": "van-07", "ts": ..., "state": "online"}``) so a
 dashboard reads ``msg["state"]`` without unwrapping. A caller field with an envelope name is
 an error rather than a silent overwrite.
@@ -31,7 +31,7 @@ from typing import Any
 from edge_agent.errors import UserError
 from edge_agent.util import timestamps
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ENVELOPE_FIELDS = ("schema_version", "msg_id", "seq", "device_id", "ts", "sent_ts")
 
 

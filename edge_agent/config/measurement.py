@@ -92,6 +92,23 @@ class TrackingConfig(ConfigSection):
     max_gap_s: float = Field(2.0, gt=0, le=MAX_TIMEOUT_S, description="a track not seen for longer than this ends")
 
 
+MAX_MOUNT_OFFSET_M = 50.0  # a camera 50 m from its GPS antenna is not on the same vehicle
+
+
+class MountConfig(ConfigSection):
+    """Where the camera looks relative to the GPS antenna (what the office needs to place each crack).
+
+    Both offsets are to the road point under the image centre, measured on the ground in the
+    vehicle's frame: ahead of / right of the point under the antenna (docs/measurement.md,
+    "Mount calibration").
+    """
+
+    offset_forward_m: float = Field(0.0, ge=-MAX_MOUNT_OFFSET_M, le=MAX_MOUNT_OFFSET_M, description=(
+        "metres the image centre lies ahead of the GPS antenna (negative: behind it, e.g. a rear camera)"))
+    offset_right_m: float = Field(0.0, ge=-MAX_MOUNT_OFFSET_M, le=MAX_MOUNT_OFFSET_M, description=(
+        "metres the image centre lies to the right of the GPS antenna (negative: to the left)"))
+
+
 class MeasurementConfig(ConfigSection):
     """From a crack mask to lengths, widths, types and severities in real units."""
 
@@ -113,6 +130,7 @@ class MeasurementConfig(ConfigSection):
     severity: SeverityConfig = Field(default_factory=SeverityConfig)
     classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    mount: MountConfig = Field(default_factory=MountConfig)
 
     @model_validator(mode="after")
     def _motion_matches_axis(self) -> MeasurementConfig:

@@ -263,7 +263,8 @@ class Road:
     res_mm: float = 2.5
     marking_d: float | None = 1.6  # centre of a 12 cm lane line (None: no marking)
     dashes: tuple[float, float] | None = None  # (dash, gap) metres: a broken line; None: continuous
-    shadows: tuple[tuple[float, float, float], ...] = ()  # (s centre, width m, angle deg to the road): cast shadows
+    marking_s: tuple[float, float] | None = None  # the stretch of road that has the line; None: all of it
+    shadows: tuple[tuple[float, float, float], ...] = ()  # (s centre, width m, angle deg to the road)
     seed: int = 0
     texture: np.ndarray = field(init=False, repr=False)
 
@@ -276,11 +277,11 @@ class Road:
 
         def noise(sigma: float, every: int) -> np.ndarray:  # noise of ``every``-pixel grain, bilinear
             small = np.empty((rows // every + 2, cols // every + 2), np.float32)
-            cv2.randn(small, 0.0, sigma)
+            cv2.randn(small, np.zeros(1), np.full(1, sigma))
             return cv2.resize(small, (cols, rows), interpolation=cv2.INTER_LINEAR if every > 1 else cv2.INTER_NEAREST)
 
         gray = noise(7, 1)  # grain, stones, wear, patches
-        for sigma, every in ((9, 2), (10, 6), (6, 60)):
+        for sigma, every in ((12, 2), (14, 6), (6, 60)):
             gray += noise(sigma, every)
         gray += 100
         stones = rng.random((rows // 2 + 1, cols // 2 + 1), dtype=np.float32)
@@ -293,10 +294,13 @@ class Road:
             d_cols = (np.arange(c0, c1, dtype=np.float32)[None, :] + 0.5) * res + self.d_range[0]
             paint = np.clip(0.5 - (np.abs(d_cols - self.marking_d) - 0.06) / 0.012, 0, 1)
             paint = paint * np.clip(0.9 + noise(0.08, 3)[:, c0:c1], 0, 1)
+            s_rows = (np.arange(rows, dtype=np.float32)[:, None] + 0.5) * res + self.s_range[0]
             if self.dashes is not None:
-                s_rows = (np.arange(rows, dtype=np.float32)[:, None] + 0.5) * res + self.s_range[0]
                 phase = np.mod(s_rows, self.dashes[0] + self.dashes[1])
                 paint *= np.clip((self.dashes[0] - phase) / 0.01, 0, 1) * np.clip(phase / 0.01, 0, 1)
+            if self.marking_s is not None:
+                a, b = self.marking_s
+                paint *= np.clip((s_rows - a) / 0.01, 0, 1) * np.clip((b - s_rows) / 0.01, 0, 1)
             band = gray[:, c0:c1]
             gray[:, c0:c1] = band * (1 - paint) + (165 + 0.5 * (band - 100)) * paint
         crack = np.zeros((rows, cols), np.uint8)
@@ -313,15 +317,15 @@ class Road:
         on = crack > 0
         core = crack[on].astype(np.float32) / 255
         gray[on] = gray[on] * (1 - core) + (35 + 0.3 * (gray[on] - 100)) * core
-        for s_c, w, angle in self.shadows:  # a pole's or a tree's shadow across the road, soft-edged
+        for s_c, w, angle in self.shadows:  # a tree's shadow across the road, with a 35 cm penumbra
             a = math.radians(angle)
-            reach = (w / 2 + 0.2 + abs(math.cos(a)) * (self.d_range[1] - self.d_range[0])) / max(0.2, abs(math.sin(a)))
+            reach = (w / 2 + 0.4 + abs(math.cos(a)) * (self.d_range[1] - self.d_range[0])) / max(0.2, abs(math.sin(a)))
             r0 = max(0, int((s_c - reach - self.s_range[0]) / res))
             r1 = min(rows, int((s_c + reach - self.s_range[0]) / res) + 1)
             s_rows = (np.arange(r0, r1, dtype=np.float32)[:, None] + 0.5) * res + self.s_range[0]
             d_cols = (np.arange(cols, dtype=np.float32)[None, :] + 0.5) * res + self.d_range[0]
             dist = np.abs((s_rows - s_c) * math.sin(a) - d_cols * math.cos(a))
-            gray[r0:r1] *= (0.5 + 0.5 * np.clip((dist - w / 2) / 0.08 + 0.5, 0, 1)).astype(np.float32)
+            gray[r0:r1] *= (0.55 + 0.45 * np.clip((dist - w / 2) / 0.35 + 0.5, 0, 1)).astype(np.float32)
         # asphalt is slightly blue-grey; convertScaleAbs saturates to 0..255 (values are positive)
         self.texture = cv2.merge([cv2.convertScaleAbs(gray, alpha=a) for a in (1.04, 1.0, 0.96)])
 
@@ -359,7 +363,7 @@ def render_view(road: Road, pose: tuple[float, float, float], offsets: tuple[np.
     if noise:  # sensor noise
         grain = np.empty(img.shape, np.int16)
         cv2.setRNGSeed(seed)
-        cv2.randn(grain, 0, noise)
+        cv2.randn(grain, np.zeros(3), np.full(3, noise))  # every channel
         img = cv2.add(img, grain, dtype=cv2.CV_8U)
     return img
 
