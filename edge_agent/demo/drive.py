@@ -63,13 +63,13 @@ class SurveyDrive:
     video_start: datetime = datetime(2024, 5, 1, 9, 30, 0, tzinfo=timezone.utc)
     marking_d: float | None = 0.95  # a broken lane line at the right edge of the view...
     dashes: tuple[float, float] | None = (3.0, 3.0)
-    marking_s: tuple[float, float] | None = (-20.0, 4.0)  # ...up to a junction, before the cracks begin
+    marking_s: tuple[float, float] | None = (-20.0, 2.2)  # ...up to a junction, before the cracks begin
     shadows: tuple[tuple[float, float, float], ...] = ((40.2, 0.6, 55.0),)
     seed: int = 7
 
     @property
     def frames(self) -> int:
-        return int(self.duration_s * self.fps)
+        return round(self.duration_s * self.fps)
 
     def s_at(self, media_s: float) -> float:
         """Track distance of the antenna at media time ``media_s``."""
@@ -120,7 +120,7 @@ class SurveyDrive:
         """Config sections that run the agent on these files (camera, measurement, position)."""
         return {"camera": {"source": str(video), "realtime": False},
                 "measurement": {"gsd_mm_per_px": self.gsd_mm,
-                                "min_length_mm": 100.0,  # shorter marks are texture, not cracks worth a record
+                                "min_length_mm": 150.0,  # shorter marks are texture, not cracks worth a record
                                 "mount": {"offset_forward_m": self.offset_forward_m,
                                           "offset_right_m": self.offset_right_m}},
                 "position": {"provider": {"type": "nmea-file", "path": str(log), "offset_s": self.log_lead_s}}}
