@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import jsonschema
@@ -14,7 +14,7 @@ BASE_URI = "https://crackseg-edge.local/schemas/"
 TOPIC_SCHEMAS = {"detections": "detections", "health": "health", "status": "status", "response": "cmd-response"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _registry() -> Registry:
     resources = []
     for path in SCHEMA_DIR.glob("*.schema.json"):
@@ -22,7 +22,7 @@ def _registry() -> Registry:
     return Registry().with_resources(resources)
 
 
-@lru_cache(maxsize=None)
+@cache
 def validator(name: str) -> jsonschema.Draft202012Validator:
     schema = json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text())
     return jsonschema.Draft202012Validator(schema, registry=_registry(),
