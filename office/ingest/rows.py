@@ -159,8 +159,12 @@ def snapshot_row(msg: SnapshotMessage, received_at: datetime) -> dict[str, Any]:
 
 def quarantine_row(item: Incoming, q: Quarantine, keep_bytes: int) -> dict[str, Any]:
     digest = hashlib.sha256(item.topic.encode("utf-8", "replace") + b"\0" + item.payload).hexdigest()
-    return {"sha256": digest, "topic": item.topic[:1000], "device_id": (q.device_id or "")[:64] or None,
-            "msg_id": (q.msg_id or "")[:64] or None, "reason": q.reason, "size_bytes": len(item.payload),
+
+    def text(value: str | None, limit: int) -> str | None:
+        return value.replace("\x00", "")[:limit] or None if value else None     # PostgreSQL text has no NUL
+
+    return {"sha256": digest, "topic": text(item.topic, 1000) or "", "device_id": text(q.device_id, 64),
+            "msg_id": text(q.msg_id, 64), "reason": text(q.reason, 1000) or "?", "size_bytes": len(item.payload),
             "payload": item.payload[:keep_bytes], "truncated": len(item.payload) > keep_bytes,
             "first_received_at": item.received_at, "last_received_at": item.received_at, "times": 1}
 

@@ -152,10 +152,12 @@ class IngestWorker:
             self._refresher.start()
         last_log = time.monotonic()
         try:
+            stored_last = True
             while not self._stop.is_set():
                 batch = self._take()
                 if batch:
-                    if not self._store(batch):
+                    stored_last = self._store(batch)
+                    if not stored_last:
                         break
                     self.stats.acked += self.receiver.ack(batch)
                 if time.monotonic() - last_log >= 30:
@@ -167,7 +169,7 @@ class IngestWorker:
                              "connected" if self.receiver.connected else f"not connected ({self.receiver.last_error})")
             # finish what is already here, then leave (the rest is re-sent to this session later)
             pending: list[Incoming] = []
-            while True:
+            while stored_last:          # (not while the database is down: the broker keeps them)
                 try:
                     pending.append(self.queue.get_nowait())
                 except queue.Empty:

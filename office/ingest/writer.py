@@ -85,9 +85,11 @@ class BatchWriter:
         try:
             with self.db.begin() as conn:
                 return self._store(conn, checked)
-        except exc.DBAPIError as err:
-            if is_transient(err):
+        except Exception as err:  # noqa: BLE001 - a message that breaks the office must not stop it
+            if isinstance(err, exc.DBAPIError) and is_transient(err):
                 raise TransientDatabaseError(f"database error (will retry): {_first_line(err)}") from err
+            if not isinstance(err, exc.DBAPIError):
+                log.exception("storing a batch of %d failed", len(checked))
             if len(checked) > 1:
                 log.warning("database refused a batch of %d (%s); splitting it to find the message",
                             len(checked), _first_line(err))
@@ -95,9 +97,13 @@ class BatchWriter:
                 out = self._write_checked(checked[:half])
                 out += self._write_checked(checked[half:])
                 return out
-            item, _ = checked[0]
-            log.error("database refused a message on %s: %s; quarantined", item.topic, _first_line(err))
-            return self._write_checked([(item, Quarantine(f"database refused it: {_first_line(err)}"[:300]))])
+            item, result = checked[0]
+            if isinstance(result, Quarantine):
+                # even its quarantine row (NUL-free text, bytes) cannot be written: the database's problem
+                raise TransientDatabaseError(f"cannot write a quarantine row: {_first_line(err)}") from err
+            who = "database refused it" if isinstance(err, exc.DBAPIError) else f"office error {type(err).__name__}"
+            log.error("%s: a message on %s: %s; quarantined", who, item.topic, _first_line(err))
+            return self._write_checked([(item, Quarantine(f"{who}: {_first_line(err)}"[:300]))])
 
     # -- the transaction ----------------------------------------------------------------------
     def _store(self, conn: Connection, checked: list[tuple[Incoming, messages.Checked]]) -> BatchOutcome:

@@ -110,6 +110,10 @@ def test_quarantine_keeps_reason_topic_and_a_truncated_payload(db: Database) -> 
     assert rows["oversized"].size_bytes == 5000 and len(rows["oversized"].payload) == 100
     assert rows["oversized"].truncated
     assert query.stats(db)["quarantined"] == 3
+    # a NUL in a field the quarantine row keeps as text (PostgreSQL text cannot hold one)
+    out = w.write([raw("crackseg/van-1/detections", b'{"schema_version": 7, "device_id": "van\\u0000x", '
+                                                        b'"msg_id": "\\u0000"}')])
+    assert out.quarantined == 1 and query.stats(db)["quarantined"] == 4
 
 
 def test_snapshots_are_stored_and_become_the_best_picture_of_a_crack(db: Database) -> None:
