@@ -152,7 +152,7 @@ def test_detections_arrive_as_valid_envelopes_in_order(mosquitto: MosquittoBroke
     assert [d["seq"] for d in got] == list(range(1, n + 1))  # in order even with a window of 3
     assert [d["i"] for d in got] == list(range(n))
     assert len({d["msg_id"] for d in got}) == n
-    assert all(d["device_id"] == "van-1" and d["schema_version"] == 1 for d in got)
+    assert all(d["device_id"] == "van-1" and d["schema_version"] == envelope.SCHEMA_VERSION for d in got)
     assert got[0]["ts"] == "2024-05-01T09:30:12.345Z" and got[0]["length_m"] == 1.5 and got[0]["bbox"] == [0, 1, 2, 3]
     first = sub.matching(topic="crackseg/van-1/detections")[0]
     assert first.content_type == "application/json"

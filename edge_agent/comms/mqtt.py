@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -42,28 +41,16 @@ from edge_agent.comms.base import (
 from edge_agent.comms.commands import CommandDispatcher
 from edge_agent.comms.envelope import EnvelopeError
 from edge_agent.comms.outbox import Outbox, OutboxEntry
+from edge_agent.comms.paho_client import MqttSetupError, make_paho_client, publish_properties
 from edge_agent.comms.topics import TopicError, Topics
 from edge_agent.config.mqtt import MqttConfig, resolve_password
 from edge_agent.config.sections import default_state_dir, validate_device_id
-from edge_agent.errors import UserError
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
 _SENDER_TICK_S = 0.5
 _PRUNE_EVERY_S = 10.0
-
-
-class _PahoNoise(logging.Filter):
-    """Drops paho 2.2's ERROR "Client is not connected" that its loop logs on every reconnect
-    attempt and at every clean shutdown: the link state is logged once by this module instead."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Client is not connected")
-
-
-class MqttSetupError(UserError, RuntimeError):
-    """The MQTT client cannot be set up (TLS files unreadable, started twice...)."""
 
 
 class MqttCommunicator(Communicator):
@@ -113,30 +100,7 @@ class MqttCommunicator(Communicator):
 
     # -- setup ---------------------------------------------------------------------------
     def _make_client(self, password: str | None) -> paho.Client:
-        cfg = self.config
-        protocol = MQTTProtocolVersion.MQTTv5 if self.v5 else MQTTProtocolVersion.MQTTv311
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=cfg.resolved_client_id(self.device_id),
-                             protocol=protocol, clean_session=None if self.v5 else True)
-        paho_log = logging.getLogger("paho")
-        if not any(isinstance(f, _PahoNoise) for f in paho_log.filters):
-            paho_log.addFilter(_PahoNoise())
-        client.enable_logger(paho_log)
-        client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
-        client.max_inflight_messages_set(self._inflight_max)
-        if cfg.tls_enabled:
-            tls = cfg.tls
-            try:
-                client.tls_set(ca_certs=str(tls.ca_file) if tls and tls.ca_file else None,
-                               certfile=str(tls.cert_file) if tls and tls.cert_file else None,
-                               keyfile=str(tls.key_file) if tls and tls.key_file else None,
-                               cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-            except (ssl.SSLError, OSError, ValueError) as exc:
-                raise MqttSetupError(f"mqtt.tls: cannot load the CA/certificate/key files ({exc}); check they are "
-                                     "PEM files that match") from None
-            if tls is not None and tls.insecure:
-                client.tls_insecure_set(True)
-        if cfg.username:
-            client.username_pw_set(cfg.username, password)
+        client = make_paho_client(self.config, self.device_id, password, self._inflight_max, self.v5)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -302,16 +266,7 @@ class MqttCommunicator(Communicator):
     # -- publishing ----------------------------------------------------------------------
     def _properties(self, content_type: str | None, expiry_s: int | None,
                     user: tuple[tuple[str, str], ...] | list[tuple[str, str]] | None) -> Properties | None:
-        if not self.v5:
-            return None
-        props = Properties(PacketTypes.PUBLISH)
-        if content_type:
-            props.ContentType = content_type
-        if expiry_s:
-            props.MessageExpiryInterval = int(expiry_s)
-        if user:
-            props.UserProperty = list(user)
-        return props
+        return publish_properties(self.v5, content_type, expiry_s, user)
 
     def publish(self, topic_suffix: str, payload: Mapping[str, Any] | bytes, *, qos: int = 0, retain: bool = False,
                 persistent: bool = False, ts: float | datetime | None = None,
