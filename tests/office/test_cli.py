@@ -165,3 +165,12 @@ def test_the_installed_command(tmp_path: Path) -> None:
         proc = subprocess.run([*cmd, "stats", "--db", str(tmp_path / "nope.db")], capture_output=True, text=True,
                               cwd=REPO, timeout=120)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "does not exist" in proc.stderr, proc
+
+
+def test_the_office_imports_neither_the_agent_nor_torch() -> None:
+    """It runs on another machine: nothing from edge_agent, and no torch."""
+    code = ("import sys, office.cli, office.ingest.worker, office.refresh, office.export, office.query;"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('edge_agent', 'torch'));"
+            "assert not bad, bad")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
