@@ -205,9 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log level; overrides logging.level of the config")
     r.set_defaults(func=cmd_run)
 
-    d = sub.add_parser("demo", help="run the agent on a generated survey clip through a local broker")
-    d.add_argument("--out", default="demo-output", help="folder for overlays and received messages")
-    d.add_argument("--frames", type=int, default=60)
+    d = sub.add_parser("demo", help="a generated survey drive through the agent and a local broker into the office "
+                                    "inventory")
+    d.add_argument("--out", default="demo-output", help="folder for overlays, the inventory and its GeoJSON")
+    d.add_argument("--frames", type=int, default=144, help="frames of the generated survey clip (12 fps; 144 = the "
+                                                           "whole 72 m drive)")
     d.set_defaults(func=cmd_demo)
 
     m = sub.add_parser("model", help="manage installed models: list, install BUNDLE, activate VERSION, rollback")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from edge_agent.config.base import ConfigSection
 from edge_agent.config.camera import CameraConfig
@@ -59,3 +59,12 @@ class AgentConfig(ConfigSection):
     @classmethod
     def _device_id_ok(cls, v: str) -> str:
         return validate_device_id(v)
+
+    @model_validator(mode="after")
+    def _replay_does_not_loop(self) -> AgentConfig:
+        """A replayed GPS log follows the video's media time once: a looped clip would put every
+        later lap's cracks at the first lap's positions."""
+        if self.camera.loop and getattr(self.position.provider, "type", None) == "nmea-file":
+            raise ValueError("camera.loop cannot be used with position type nmea-file (the log is replayed once, "
+                             "in step with the video); set camera.loop: false")
+        return self

@@ -43,6 +43,8 @@ def absolutize(value: Any, tp: Any, base: Path) -> Any:
     """
     for arg in type_args(tp):
         if isinstance(arg, type) and issubclass(arg, BaseModel) and isinstance(value, dict):
+            if not _matches_discriminator(arg, value):
+                continue  # another member of a union (position.provider: gpsd, nmea, nmea-file...)
             for name, info in arg.model_fields.items():
                 key = info.alias or name
                 if key in value:
@@ -101,3 +103,11 @@ def valid_text(value: Any, path: KeyPath, locate: Callable[[KeyPath], tuple[str,
             issues += found
         return items, issues
     return value, issues
+
+
+def _matches_discriminator(model: type[BaseModel], value: dict) -> bool:
+    """False when ``value`` names a ``type`` that ``model``'s Literal ``type`` field does not allow."""
+    info = model.model_fields.get("type")
+    if info is None or "type" not in value or typing.get_origin(info.annotation) is not typing.Literal:
+        return True
+    return value["type"] in typing.get_args(info.annotation)
