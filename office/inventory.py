@@ -424,13 +424,15 @@ class Merger:
 
 
 PASS_GAP_S = 30.0   # sightings of one vehicle this close in time are one pass (a track the tracker split)
+WHOLE_SHARE = 0.8   # a crack "seen whole" in one frame must be at least this share of its parts' extent
 
 
 def _pass_lengths(pieces: dict[tuple[str, str], list[FloatArray]] | None, obs: Sequence[Any]) -> list[float]:
     """Length of the crack per pass: the sightings (device, track) of one vehicle within ``PASS_GAP_S``
-    of each other. Seen whole in one frame (no end on the frame border): that frame's measurement,
-    exact. Only ever seen in parts (longer than the camera footprint, or the tracker lost it half
-    way): ``parts_length`` of all the pass's parts."""
+    of each other. Seen whole in one frame (no end on the frame border, and not much shorter than
+    all the pass's parts together): that frame's measurement, exact. Otherwise (longer than the
+    camera footprint, or the tracker lost it half way): ``parts_length`` of all the pass's parts,
+    or the longest single observation if that is longer."""
     spans: dict[tuple[str, str], list[Any]] = {}
     for r in obs:
         key = (r.device_id, r.track_id)
@@ -460,10 +462,16 @@ def _pass_lengths(pieces: dict[tuple[str, str], list[FloatArray]] | None, obs: S
     for key, lines in (pieces or {}).items():
         if key in pass_of:
             parts.setdefault(pass_of[key], []).extend(lines)
-    for k, lines in parts.items():
-        if k not in whole and lines:
-            longest[k] = max(longest[k], parts_length(lines))
-    return [whole.get(k, length) for k, length in longest.items()]
+    out = []
+    for k, length in longest.items():
+        extent = parts_length(parts[k]) if parts.get(k) else 0.0
+        if k in whole and whole[k] >= WHOLE_SHARE * extent:
+            out.append(whole[k])          # seen whole: that frame's measurement (the parts add GNSS jitter)
+        else:
+            # never seen whole, or the "whole" one is much shorter than the parts together (an end
+            # that stopped short of the border hid that it was cut off): the parts
+            out.append(max(length, extent))
+    return out
 
 
 def parts_length(pieces: Sequence[FloatArray]) -> float:

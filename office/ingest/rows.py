@@ -37,7 +37,7 @@ class Incoming:
     content_type: str | None = None
 
 
-BORDER_PX = 3   # skeleton ends stop a pixel or two short of the border they cross
+BORDER_PX = 8   # skeleton ends (spurs pruned) stop a few pixels short of the border they cross
 
 
 def clipped(polyline: list[tuple[int, int]], width: int, height: int) -> bool:
