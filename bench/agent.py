@@ -1,24 +1,27 @@
-"""The whole agent end to end: a video file in, detections out through a real broker.
+"""The whole agent end to end: the bench's road clip in, detections out through a private broker.
 
-``crackseg-edge run`` is started as its own process, exactly as on a vehicle (config file,
-``--max-frames``), with every frame reported (``reporting.every_frame: true``: the heaviest
-MQTT load, and each frame becomes one message a subscriber can time). The bench subscribes
-to the device's ``detections`` topic before the agent starts and measures:
+``crackseg-edge run`` is started as its own process, exactly as on a vehicle: the default x86
+device config (``device_configs/x86-dev.yaml``, or ``--agent-config``) with only what a bench
+run must change: the clip as the source with pacing off (``camera.realtime: false``, no
+``camera.fps`` cap, a blocking queue, speed-adaptive selection off: every frame is processed),
+the model under test (``model.path/backend/precision/threads/workers``), the private broker,
+every frame reported (``reporting.every_frame: true``: each frame becomes one message a
+subscriber can time) and a state folder of its own. The bench subscribes to the device's
+``detections`` topic before the agent starts and reads the agent's JSON summary at the end:
 
-- **cold start**: from the moment the process is spawned to the first detections message
-  received by the subscriber (interpreter start, imports, model load, camera open, broker
-  connect, first inference, measurement, outbox, broker);
-- **frames/s out**: messages received per second after the first few (steady state), i.e.
-  frames fully processed and delivered; frames/s in is taken from the agent's summary when
-  it reports it;
+- **fps**: the agent's own ``fps_out`` from its summary (frames measured and handed to the
+  outbox per second); the subscriber's steady rate (messages received per second after the
+  first few) is kept beside it as ``fps_delivered``;
+- **cold start**: from spawning the process to the first detections message received
+  (interpreter, imports, model load, camera open, broker connect, first frame end to end);
 - **peak RSS**: the kernel's high-water mark of the agent process (``VmHWM``, read while it
-  runs, so no peak between samples is missed), and its CPU time per frame: in steady state
-  (after the first detection arrived) and including start-up (``wait4`` rusage).
+  runs), and its CPU time per frame in steady state (after the first detection).
 
-``overhead_fraction`` compares the agent's time per frame with the bare model's median
-latency (same artifact, same threads, same frames): ``(t_agent - t_bare) / t_bare``, i.e.
-``bare_fps / agent_fps - 1``: the share of the bare model time that capture, decoding,
-measurement, MQTT and the outbox add. ``fps_loss = 1 - agent_fps / bare_fps`` is also given.
+``overhead_fraction`` compares the agent's time per frame with the bare model's at the same
+size, threads and workers: ``bare_fps / agent_fps - 1`` (the share of the bare model's time
+that decoding, measurement, MQTT and the outbox add). For one worker the bare figure is the
+variant's median latency; for N workers it is N threads segmenting in parallel with the same
+model copies the agent's workers get (``bench.models.pool_fps``).
 """
 
 from __future__ import annotations
@@ -36,22 +39,45 @@ import yaml
 
 from bench import BenchError
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BASE_CONFIG = REPO_ROOT / "device_configs" / "x86-dev.yaml"
 DEVICE_ID = "bench-agent"
 TOPIC_PREFIX = "crackseg"
 
 
-@dataclass
-class AgentRun:
-    """One agent process on one model artifact."""
+@dataclass(frozen=True)
+class AgentSetup:
+    """One agent configuration: which model, how many inference workers and threads each."""
 
     variant: str
     backend: str
     precision: str
+    model: Path  # a model file or a bundle folder
+    from_bundle: bool
+    workers: int
+    threads: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant} w{self.workers}x{self.threads}t"
+
+
+@dataclass
+class AgentRun:
+    """One agent process on one configuration."""
+
+    config: str
+    variant: str
+    backend: str
+    precision: str
+    workers: int
+    threads: int
     size: list[int]
     frames: int
     detections_received: int
-    fps_out: float | None
-    fps_in: float | None
+    fps: float | None           # the agent's summary fps_out (falls back to fps_delivered)
+    fps_source: str
+    fps_delivered: float | None  # the subscriber's steady rate
     bare_fps: float | None
     overhead_fraction: float | None
     fps_loss: float | None
@@ -59,6 +85,9 @@ class AgentRun:
     cold_start_s: float | None
     cpu_ms_per_frame: float | None              # steady state (after the first detection)
     cpu_ms_per_frame_with_startup: float | None
+    cracks_per_frame: float | None
+    inference_ms_p50: float | None
+    measure_ms_p50: float | None
     wall_s: float
     summary: dict = field(default_factory=dict)
 
@@ -66,19 +95,40 @@ class AgentRun:
         return asdict(self)
 
 
-def write_agent_config(path: Path, *, model: Path, backend: str, threads: int, video: Path, broker_url: str,
-                       state_dir: Path) -> Path:
-    """A device config for the run: the artifact, the clip as fast as it decodes, every frame reported."""
-    cfg = {
-        "device_id": DEVICE_ID,
-        "model": {"path": str(model), "backend": backend, "threads": threads},
+def config_supports() -> dict[str, bool]:
+    """Which optional keys this agent's config knows (others may still be adding them)."""
+    from edge_agent.config.agent import AgentConfig
+    from edge_agent.config.sections import ModelConfig
+
+    return {"workers": "workers" in ModelConfig.model_fields, "coverage": "coverage" in AgentConfig.model_fields}
+
+
+def write_agent_config(path: Path, setup: AgentSetup, *, video: Path, broker_url: str, state_dir: Path,
+                       base: Path = BASE_CONFIG) -> Path:
+    """The base device config with the bench's changes (see the module docstring)."""
+    try:
+        cfg = yaml.safe_load(base.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise BenchError(f"--agent-config {base}: unreadable ({exc})") from None
+    supports = config_supports()
+    model = {**(cfg.get("model") or {}), "path": str(setup.model), "backend": setup.backend,
+             "threads": setup.threads, "precision": setup.precision if setup.from_bundle else None}
+    if setup.backend == "tflite":
+        model.pop("providers", None)
+    if supports["workers"]:
+        model["workers"] = setup.workers
+    elif setup.workers != 1:
+        raise BenchError("this agent's config has no model.workers: only one inference worker can be run")
+    cfg.update({
+        "device_id": DEVICE_ID, "model": model,
         "camera": {"source": str(video), "realtime": False, "queue_policy": "block"},
-        "reporting": {"every_frame": True},
+        "reporting": {**(cfg.get("reporting") or {}), "every_frame": True},
         "mqtt": {"url": broker_url, "topic_prefix": TOPIC_PREFIX},
         "http": {"enabled": True, "host": "127.0.0.1", "port": 0},
-        "state_dir": str(state_dir),
-        "logging": {"level": "WARNING"},
-    }
+        "state_dir": str(state_dir), "logging": {"level": "WARNING"},
+    })
+    if supports["coverage"]:
+        cfg["coverage"] = {**(cfg.get("coverage") or {}), "enabled": False}
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
@@ -183,16 +233,30 @@ def _watch_child(pid: int, timeout_s: float,
         time.sleep(0.02)
 
 
-def run_agent(*, name: str, model: Path, backend: str, precision: str, size: tuple[int, int], threads: int,
-              video: Path, frames: int, broker_url: str, workdir: Path, bare_ms: float | None,
-              timeout_s: float = 600.0) -> AgentRun:
-    """Run ``crackseg-edge run`` on ``video`` with ``model`` and measure it (see the module docstring)."""
+def _summary(out_path: Path, name: str) -> dict:
+    lines = out_path.read_text(errors="replace").strip().splitlines()
+    try:
+        summary = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        summary = {}
+    if not isinstance(summary, dict) or "frames" not in summary:
+        raise BenchError(f"the agent ({name}) did not print its JSON summary as the last stdout line ({out_path})")
+    return summary
+
+
+def _number(x: object) -> float | None:
+    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) and x > 0 else None
+
+
+def run_agent(setup: AgentSetup, *, size: tuple[int, int], video: Path, frames: int, broker_url: str, workdir: Path,
+              bare_fps: float | None, base_config: Path = BASE_CONFIG, timeout_s: float = 600.0) -> AgentRun:
+    """Run ``crackseg-edge run`` on ``video`` with ``setup`` and measure it (see the module docstring)."""
     import subprocess
 
-    run_dir = workdir / f"agent-{name}-{size[0]}x{size[1]}"
+    run_dir = workdir / f"agent-{size[0]}x{size[1]}-{setup.name.replace(' ', '-')}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = write_agent_config(run_dir / "config.yaml", model=model, backend=backend, threads=threads, video=video,
-                             broker_url=broker_url, state_dir=run_dir / "state")
+    cfg = write_agent_config(run_dir / "config.yaml", setup, video=video, broker_url=broker_url,
+                             state_dir=run_dir / "state", base=base_config)
     listener = DetectionListener(broker_url)
     out_path, err_path = run_dir / "stdout.txt", run_dir / "stderr.txt"
     try:
@@ -211,34 +275,38 @@ def run_agent(*, name: str, model: Path, backend: str, precision: str, size: tup
         arrivals = listener.times()
     finally:
         listener.close()
-    stderr_tail = err_path.read_text(errors="replace").strip().splitlines()[-3:]
     if code != 0:
-        raise BenchError(f"the agent ({name}) exited with {code}: {' | '.join(stderr_tail) or 'no message'} "
+        tail = err_path.read_text(errors="replace").strip().splitlines()[-3:]
+        raise BenchError(f"the agent ({setup.name}) exited with {code}: {' | '.join(tail) or 'no message'} "
                          f"(config {cfg})")
-    lines = out_path.read_text(errors="replace").strip().splitlines()
-    try:
-        summary = json.loads(lines[-1]) if lines else {}
-    except ValueError:
-        summary = {}
-    if not isinstance(summary, dict) or "frames" not in summary:
-        raise BenchError(f"the agent ({name}) did not print its JSON summary as the last stdout line ({out_path})")
+    summary = _summary(out_path, setup.name)
     done = int(summary.get("frames") or 0)
-    skip = min(5, max(1, len(arrivals) // 5))
-    fps_out = steady_fps(arrivals, skip)
-    bare_fps = 1000.0 / bare_ms if bare_ms else None
-    overhead = round(bare_fps / fps_out - 1.0, 4) if bare_fps and fps_out else None
-    loss = round(1.0 - fps_out / bare_fps, 4) if bare_fps and fps_out else None
-    cpu_s = usage.ru_utime + usage.ru_stime
+    failed = {k: summary.get(k) for k in ("inference_errors", "frame_errors", "report_errors") if summary.get(k)}
+    if done < frames or failed:
+        tail = [line for line in err_path.read_text(errors="replace").splitlines() if "ERROR" in line][:1]
+        raise BenchError(f"the agent ({setup.name}) processed {done} of {frames} frames "
+                         f"({', '.join(f'{k} {v}' for k, v in failed.items()) or 'no errors counted'}): "
+                         f"{' | '.join(tail) or 'see ' + str(err_path)}")
+    delivered = steady_fps(arrivals, min(5, max(1, len(arrivals) // 5)))
+    own = _number(summary.get("fps_out"))
+    fps = own or delivered
+    overhead = round(bare_fps / fps - 1.0, 4) if bare_fps and fps else None
+    loss = round(1.0 - fps / bare_fps, 4) if bare_fps and fps else None
+    cpu_s = usage.ru_utime + usage.ru_stime  # type: ignore[attr-defined]
     # steady state: CPU after the first detection over the frames after the first one
     steady_cpu = (round((cpu_s - cpu_at_first) * 1000.0 / (done - 1), 2)
                   if cpu_at_first is not None and done > 1 else None)
+    cracks = summary.get("cracks")
     return AgentRun(
-        variant=name, backend=backend, precision=precision, size=list(size), frames=done,
-        detections_received=len(arrivals), fps_out=fps_out,
-        fps_in=summary.get("fps_in"), bare_fps=None if bare_fps is None else round(bare_fps, 3),
+        config=setup.name, variant=setup.variant, backend=setup.backend, precision=setup.precision,
+        workers=setup.workers, threads=setup.threads, size=list(size), frames=done,
+        detections_received=len(arrivals), fps=None if fps is None else round(fps, 3),
+        fps_source="agent summary fps_out" if own else "subscriber (summary had no fps_out)",
+        fps_delivered=delivered, bare_fps=None if bare_fps is None else round(bare_fps, 3),
         overhead_fraction=overhead, fps_loss=loss,
         rss_peak_mb=round(max(peak_kib / 1024.0, float(summary.get("rss_mb") or 0.0)), 1),
         cold_start_s=round(arrivals[0] - t0, 3) if arrivals else None,
         cpu_ms_per_frame=steady_cpu, cpu_ms_per_frame_with_startup=round(cpu_s * 1000.0 / done, 2) if done else None,
-        wall_s=round(wall, 2),
-        summary={k: v for k, v in summary.items() if k != "model"})
+        cracks_per_frame=round(cracks / done, 2) if isinstance(cracks, int) and done else None,
+        inference_ms_p50=summary.get("inference_ms_p50"), measure_ms_p50=summary.get("measure_ms_p50"),
+        wall_s=round(wall, 2), summary={k: v for k, v in summary.items() if k != "model"})

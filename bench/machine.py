@@ -204,6 +204,9 @@ DEVICE_SPECS = (
                "(config: threads 4)", "onnx", "int8", 4 * 1.5 * 2 * 32,
                "4 cores x 1.5 GHz x 32 int8 MACs/cycle x 2 ops", "NVIDIA Jetson Orin Nano data sheet (6x A78AE "
                "@ 1.5 GHz)"),
+    DeviceSpec("Jetson Orin Nano 8GB", "CPU only, TFLite INT8 (ai-edge-litert aarch64 wheel), 4 of 6 Cortex-A78AE "
+               "@ 1.5 GHz (config: backend tflite, threads 4)", "tflite", "int8", 4 * 1.5 * 2 * 32,
+               "4 cores x 1.5 GHz x 32 int8 MACs/cycle x 2 ops", "as above"),
     DeviceSpec("Jetson Orin Nano 8GB", "GPU, TensorRT INT8 (onnxruntime-gpu, providers [tensorrt, cuda, cpu])",
                "onnx", "int8", 20_000.0, "40 TOPS sparse INT8 published = 20 TOPS dense",
                "NVIDIA Jetson Orin Nano 8GB: 'up to 40 TOPS' (sparse INT8; 67 with the 2024 'Super' clocks)"),

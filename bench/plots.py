@@ -3,7 +3,10 @@
 - ``latency.png``: median latency per variant and its speed-up over torch fp32 eager, per size;
 - ``accuracy_vs_speed.png``: F1@2px against frames/s for the unpruned and pruned variants
   (variants without an accuracy figure are listed on the plot as n/a, not left out silently);
-- ``agent.png``: agent frames/s against the bare model's, and the agent's peak RSS, per backend.
+- ``agent.png``: agent frames/s against the bare model's, and the agent's peak RSS, per configuration;
+- ``speed_coverage.png``: frames/s against vehicle speed: the frames/s each speed needs at each
+  size (1.6 mm/px, 10 % overlap), and for each backend x size the speed up to which the agent
+  (and the bare model) images every metre: ``fps x footprint x (1 - overlap) x 3.6``.
 """
 
 from __future__ import annotations
@@ -92,22 +95,23 @@ def plot_agent(results: dict, out_dir: Path) -> Path | None:
     runs = [(block["size"], a) for block in results["sizes"] for a in block.get("agent", [])]
     if not runs:
         return None
-    labels = [f"{a['variant']}\n{_size_label(size)}" for size, a in runs]
+    labels = [f"{a['config']}\n{_size_label(size)}" for size, a in runs]
     x = range(len(runs))
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(max(8.0, 1.6 * len(runs) + 4), 4.5))
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(max(8.0, 1.3 * len(runs) + 2), 8.5))
     ax.bar([i - 0.2 for i in x], [a["bare_fps"] or 0 for _, a in runs], width=0.4, label="bare model", color="#c7c7c7")
-    ax.bar([i + 0.2 for i in x], [a["fps_out"] or 0 for _, a in runs], width=0.4, label="whole agent",
+    ax.bar([i + 0.2 for i in x], [a["fps"] or 0 for _, a in runs], width=0.4, label="whole agent",
            color=[COLORS.get(a["backend"], "#2ca02c") for _, a in runs])
     ax.set_xticks(list(x), labels, fontsize=8)
     ax.set_ylabel("frames/s")
     ax.set_title("Agent end to end vs bare model")
-    top = max([a["bare_fps"] or 0 for _, a in runs] + [a["fps_out"] or 0 for _, a in runs] + [1.0])
+    top = max([a["bare_fps"] or 0 for _, a in runs] + [a["fps"] or 0 for _, a in runs] + [1.0])
     ax.set_ylim(0, top * 1.25)
     ax.legend(loc="upper right")
     ax2.bar(list(x), [a["rss_peak_mb"] for _, a in runs], color=[COLORS.get(a["backend"], "#2ca02c") for _, a in runs])
-    ax2.axhline(150, color="red", linewidth=1, linestyle="--", label="goal 150 MB")
+    goals = [150.0 if size[0] * size[1] <= 320 * 480 else 250.0 for size, _ in runs]
+    ax2.plot([i for i in x], goals, color="red", linewidth=0, marker="_", markersize=22, label="goal (150 / 250 MB)")
     ax2.set_xticks(list(x), labels, fontsize=8)
-    ax2.set_ylim(0, max([a["rss_peak_mb"] for _, a in runs] + [150.0]) * 1.2)
+    ax2.set_ylim(0, max([a["rss_peak_mb"] for _, a in runs] + goals) * 1.2)
     ax2.set_ylabel("peak RSS (MB)")
     ax2.set_title("Agent memory")
     ax2.legend()
@@ -118,8 +122,70 @@ def plot_agent(results: dict, out_dir: Path) -> Path | None:
     return path
 
 
+def _best_per_backend(block: dict) -> dict[str, tuple[float, float | None, str]]:
+    """backend -> (best agent fps, its bare fps, configuration) at one size."""
+    best: dict[str, tuple[float, float | None, str]] = {}
+    for a in block.get("agent", []):
+        if a["fps"] and (a["backend"] not in best or a["fps"] > best[a["backend"]][0]):
+            best[a["backend"]] = (a["fps"], a["bare_fps"], a["config"])
+    return best
+
+
+def plot_speed_coverage(results: dict, out_dir: Path) -> Path | None:
+    from bench.goals import SURVEY_OVERLAP, footprint, fps_needed
+    from edge_agent.agent.coverage import SURVEY_SPEED_KMH, max_speed_kmh
+
+    rows = [(block["size"], backend, *v) for block in results["sizes"]
+            for backend, v in _best_per_backend(block).items()]
+    if not rows:
+        return None
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    top_speed = max(120.0, 1.15 * max(max_speed_kmh(fps, footprint(size), SURVEY_OVERLAP) or 0
+                                      for size, _, fps, _, _ in rows))
+    speeds = [top_speed * i / 100 for i in range(101)]
+    styles = ["-", "--", ":", "-."]
+    for k, size in enumerate(dict.fromkeys(tuple(r[0]) for r in rows)):
+        ax.plot(speeds, [fps_needed(size, v) for v in speeds], color="black", linestyle=styles[k % 4], linewidth=1,
+                label=f"needed at {_size_label(list(size))} ({footprint(size):.2f} m per frame)")
+    for size, backend, fps, _, _ in rows:
+        v = max_speed_kmh(fps, footprint(size), SURVEY_OVERLAP) or 0.0
+        color = COLORS.get(backend, "#2ca02c")
+        ax.plot([0, v], [fps, fps], color=color, linewidth=1.5)
+        ax.scatter([v], [fps], color=color, zorder=3)
+        ax.annotate(f"{backend} {_size_label(size)}: {fps:.1f} fps -> {v:.0f} km/h", (v, fps),
+                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.axvline(SURVEY_SPEED_KMH, color="red", linewidth=0.8, linestyle="--")
+    ax.set_xlim(0, top_speed)
+    ax.set_ylim(0, max(fps for _, _, fps, _, _ in rows) * 1.3)
+    ax.set_xlabel("vehicle speed (km/h)")
+    ax.set_ylabel("frames/s")
+    ax.set_title("Agent frames/s against the frames/s each speed needs")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    labels = [f"{backend}\n{_size_label(size)}" for size, backend, *_ in rows]
+    y = range(len(rows))
+    agent_v = [max_speed_kmh(fps, footprint(size), SURVEY_OVERLAP) or 0 for size, _, fps, _, _ in rows]
+    bare_v = [max_speed_kmh(bare or 0, footprint(size), SURVEY_OVERLAP) or 0 for size, _, _, bare, _ in rows]
+    ax2.barh([i + 0.2 for i in y], bare_v, height=0.4, color="#c7c7c7", label="bare model")
+    ax2.barh([i - 0.2 for i in y], agent_v, height=0.4, label="whole agent (best configuration)",
+             color=[COLORS.get(b, "#2ca02c") for _, b, *_ in rows])
+    for i, v in enumerate(agent_v):
+        ax2.annotate(f"{v:.0f}", (v, i - 0.2), textcoords="offset points", xytext=(3, -3), fontsize=8)
+    ax2.axvline(SURVEY_SPEED_KMH, color="red", linewidth=1, linestyle="--", label=f"{SURVEY_SPEED_KMH:g} km/h")
+    ax2.set_yticks(list(y), labels, fontsize=8)
+    ax2.set_xlabel("speed up to which every metre is imaged (km/h)")
+    ax2.set_title(f"Speed covered (1.6 mm/px, {SURVEY_OVERLAP:.0%} overlap)")
+    ax2.legend(fontsize=8)
+    fig.suptitle(f"Coverage against vehicle speed on {results['machine']['cpu_model']}")
+    fig.tight_layout()
+    path = out_dir / "speed_coverage.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_plots(results: dict, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [plot_latency(results, out_dir), plot_accuracy_vs_speed(results, out_dir)]
-    agent = plot_agent(results, out_dir)
-    return paths + ([agent] if agent else [])
+    optional = [plot_agent(results, out_dir), plot_speed_coverage(results, out_dir)]
+    return paths + [p for p in optional if p is not None]
