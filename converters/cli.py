@@ -29,7 +29,7 @@ def requirements(args) -> tuple[str, ...]:
     tflite = ("litert_torch", "ai_edge_quantizer", "ai_edge_litert")
     needs = {"select": ("torch",), "prune": ("torch", "torch_pruning", "tqdm"), "finetune": ("torch", "tqdm"),
              "export-onnx": ("torch", "onnx"), "quantize-onnx": ("onnx", "tqdm"),
-             "export-tflite": ("torch",) + tflite, "validate": ("tqdm",),
+             "export-tflite": ("torch",) + tflite, "validate": ("tqdm",), "latency": (),
              "build": ("torch", "onnx", "tqdm") + (tflite if getattr(args, "tflite", False) else ())}
     extra = ("torch",) if args.command == "validate" and args.checkpoint else ()
     return needs.get(args.command, ()) + extra
@@ -166,6 +166,15 @@ def _parser_steps(sub) -> None:
     p.add_argument("--max-f1-drop", type=float, default=_d("max_f1_drop"), help="INT8 gate (default %(default)s)")
     p.add_argument("--out", type=Path, default=Path("."), help="folder for report.json and report.md")
     p.set_defaults(func=c.cmd_validate)
+
+    p = sub.add_parser("latency", help="wall and 1-thread CPU time per frame through the runtime, round-robin")
+    p.add_argument("models", type=Path, nargs="+", help=".onnx / .tflite files or bundles")
+    p.add_argument("--threads", type=int, default=2, help="inference threads for the wall time (default 2)")
+    p.add_argument("--runs", type=int, default=30, help="timed calls per model (median reported; default 30)")
+    p.add_argument("--frame-size", type=_size, help="HxW of the timed frame (default: each artifact's own size; "
+                                                   "a larger frame is tiled as the runtime does)")
+    p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    p.set_defaults(func=c.cmd_latency)
 
 
 def _parser_build(sub) -> None:

@@ -165,6 +165,19 @@ def cmd_validate(args) -> int:
     return 0 if report["passed"] else EXIT_GATE_FAILED
 
 
+def cmd_latency(args) -> int:
+    from converters.latency import measure, render
+
+    paths = list(_artifacts_from(args.models).values())
+    if not paths:
+        raise ConvertError("give .onnx / .tflite files or a bundle to time")
+    result = measure(paths, threads=args.threads, runs=args.runs, frame_size=args.frame_size)
+    print(render(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def cmd_build(args) -> int:
     from converters.build import BuildOptions, build
 

@@ -114,3 +114,19 @@ def test_build_cli_defaults_are_the_build_options_defaults_and_every_option_is_e
                 assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
     assert parser.parse_args(["build", "c", "--calib", "c", "--val", "v", "--out", "o",
                               "--sizes", "320x480,720x1280"]).sizes == [(320, 480), (720, 1280)]
+
+
+def test_latency_times_every_artifact_of_a_bundle_round_robin(tmp_path):
+    import json
+
+    chain = tiny_chain()
+    proc = subprocess.run([sys.executable, "-m", "converters.cli", "latency", str(chain["bundle"]), "--runs", "2",
+                           "--frame-size", "96x128", "--json", str(tmp_path / "l.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "l.json").read_text())
+    rows = {r["file"]: r for r in result["results"]}
+    assert len(rows) == 8 and all(r["cpu_ms"] > 0 and r["wall_ms"] > 0 for r in rows.values())
+    assert rows["tiny-96x128-int8.onnx"]["plan"] == "whole frame on the 96x128 artifact"
+    assert rows["tiny-64x96-int8.tflite"]["plan"] == "4 tiles of 64x96"
+    assert "load average" in proc.stdout and "| tiny-64x96-int8.onnx | uint8 | 96x128 |" in proc.stdout
