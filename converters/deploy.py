@@ -11,7 +11,7 @@ project's x86 machine (docs/converter.md has the figures):
   ``up(fuse_deep(deep)) + fuse_skip(skip)``: the deep half of the 1x1 convolution runs at a
   quarter of the pixels, before the bilinear upsample (which then moves fewer channels on the
   lower levels), and the channel Concat disappears (in NHWC it copies a few bytes per pixel;
-  onnxruntime's QLinearConcat took 5-8 % of the 720p frame);
+  onnxruntime's QLinearConcat took 6-11 % of the 720p frame in per-node profiles);
 - the last decoder block ends linear (1x1 conv without ReLU) and the head is another 1x1
   conv: the two compose into one 1x1 conv (one full-resolution layer less).
 """
