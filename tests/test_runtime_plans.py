@@ -146,8 +146,11 @@ def test_backend_auto_measures_once_and_remembers(tmp_path, monkeypatch):
     from edge_agent.detectors import choice
 
     seg = open_model(backend="auto", threads=1, choice_cache=tmp_path)  # the shipped bundle: onnx and tflite
-    first = seg.artifacts[0]
-    assert first.is_open and seg.info.backend in ("onnx", "tflite")
+    assert not any(a.is_open for a in seg.artifacts)  # nothing opened before a frame needs it
+    seg.probabilities(frame(320, 480))
+    used = seg.artifacts[seg.plan_for(320, 480).artifact]
+    assert used.is_open and seg.info.backend in ("onnx", "tflite") and seg.info.path == str(used.path)
+    assert sum(a.is_open for a in seg.artifacts) == 1  # the 720p one stays closed (~200 MB saved)
     saved = json.loads((tmp_path / choice.CACHE_NAME).read_text())
     (entry,) = saved.values()
     assert entry["backend"] == seg.info.backend and set(entry["ms"]) == {"onnx", "tflite"}
@@ -158,5 +161,18 @@ def test_backend_auto_measures_once_and_remembers(tmp_path, monkeypatch):
 
     monkeypatch.setattr(choice, "time_backend", no_timing)
     again = open_model(backend="auto", threads=1, choice_cache=tmp_path)
+    again.probabilities(frame(320, 480))
     assert again.info.backend == seg.info.backend
-    assert str(again.artifacts[0].path).endswith(".tflite" if seg.info.backend == "tflite" else ".onnx")
+    assert again.info.path.endswith(".tflite" if seg.info.backend == "tflite" else ".onnx")
+
+
+def test_a_second_worker_gets_its_own_tflite_interpreter(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    from edge_agent.detectors.runtime import REFERENCE_BUNDLE
+
+    tflite = next(REFERENCE_BUNDLE.glob("*320x480-int8.tflite"))
+    seg = open_model(tflite, threads=1)
+    twin = seg.clone()
+    assert twin.artifacts[0].backend is not seg.artifacts[0].backend
+    f = frame(320, 480, seed=9)
+    np.testing.assert_array_equal(twin.probabilities(f), seg.probabilities(f))

@@ -291,7 +291,9 @@ class Agent:
             "frame_errors": s["frame_errors"], "inference_errors": s["inference_errors"],
             "report_errors": s["report_errors"],
             "cracks": s["cracks_reported"], "new_cracks": s["new_cracks"],
-            "fps_in": s["fps_in"], "fps_out": s["fps_out"], "inference_ms_p50": s["inference_ms_p50"],
+            # the run's own rates, first to last frame (the health's 10 s window would read 0 after a long flush)
+            "fps_in": round(self.stats.frames_in.average_rate(), 2),
+            "fps_out": round(self.stats.frames_out.average_rate(), 2), "inference_ms_p50": s["inference_ms_p50"],
             "inference_ms_p95": s["inference_ms_p95"], "measure_ms_p50": s["measure_ms_p50"],
             "first_frame_s": None if self.stats.first_frame_s is None else round(self.stats.first_frame_s, 3),
             "elapsed_s": round(time.time() - PROCESS_START, 2), "rss_mb": round(system.process_rss_mb(), 1),

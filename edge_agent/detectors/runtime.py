@@ -25,7 +25,7 @@ from edge_agent.bundle.manifest import ArtifactEntry
 from edge_agent.contract import InferenceContract
 from edge_agent.detectors.backends.base import InferenceBackend
 from edge_agent.detectors.choice import BackendChoice
-from edge_agent.detectors.errors import ModelError
+from edge_agent.detectors.errors import BackendUnavailableError, ModelError
 from edge_agent.detectors.plan import FramePlan, choose_plan, gsd_scale
 from edge_agent.detectors.preprocess import InputAdapter, pad_to
 from edge_agent.errors import UserError
@@ -72,18 +72,26 @@ class Artifact:
     """One model file of a segmenter: its input size and contract, its session opened on first use."""
 
     def __init__(self, path: Path, input_size: tuple[int, int] | None, open_backend: Callable[[], InferenceBackend],
-                 backend: InferenceBackend | None = None, choice: BackendChoice | None = None):
+                 backend: InferenceBackend | None = None, choice: BackendChoice | None = None,
+                 contract: InferenceContract | None = None):
         self.path = path
         self.input_size = input_size
         self._open = open_backend
         self._backend = backend
         self.choice = choice  # backend auto: the faster runtime is picked when first opened
+        if contract is None and backend is None:
+            raise ModelError(f"{path}: an artifact needs its contract or an open backend")
+        # known before opening (a bundle's manifest): a 720p interpreter costs ~200 MB, so
+        # nothing is opened until a frame size needs it
+        self.contract: InferenceContract = contract if contract is not None else backend.contract  # type: ignore[union-attr]
         self._adapter = InputAdapter(backend.contract) if backend is not None else None
         self._lock = threading.Lock()
 
     @classmethod
-    def loaded(cls, backend: InferenceBackend, path: Path | str = "<in memory>") -> Artifact:
-        return cls(Path(path), backend.contract.input_size, lambda: backend, backend)
+    def loaded(cls, backend: InferenceBackend, path: Path | str = "<in memory>",
+               reopen: Callable[[], InferenceBackend] | None = None) -> Artifact:
+        """An artifact whose backend is already open; ``reopen`` makes another for a second worker."""
+        return cls(Path(path), backend.contract.input_size, reopen or (lambda: backend), backend)
 
     @property
     def backend(self) -> InferenceBackend:
@@ -97,6 +105,7 @@ class Artifact:
                     else:
                         be = self._open()
                     self._adapter = InputAdapter(be.contract)
+                    self.contract = be.contract  # the file is the truth (layout, input type)
                     self._backend = be
         return self._backend
 
@@ -118,7 +127,7 @@ class Artifact:
         backend = self._backend
         if backend is not None and getattr(backend, "thread_safe", False):
             return Artifact(self.path, self.input_size, self._open, backend)
-        return Artifact(self.path, self.input_size, self._open, choice=self.choice)
+        return Artifact(self.path, self.input_size, self._open, choice=self.choice, contract=self.contract)
 
 
 def as_bgr_frame(frame: np.ndarray) -> np.ndarray:
@@ -149,8 +158,7 @@ class Segmenter:
             raise ModelError("a segmenter needs at least one model artifact")
         self.info = info
         self.tile_overlap = tile_overlap
-        primary = self.artifacts[0].backend
-        self.contract: InferenceContract = primary.contract
+        self.contract: InferenceContract = self.artifacts[0].contract
         self.threshold = float(threshold if threshold is not None else self.contract.threshold)
         if not 0.0 < self.threshold < 1.0:
             raise ModelError(f"threshold {self.threshold} must be between 0 and 1")
@@ -194,6 +202,12 @@ class Segmenter:
                             "strategy": "tile" if art.input_size else "pad"})
         return Segmenter([art], info, threshold=self.threshold, tile_overlap=self.tile_overlap)
 
+    def _describe(self, art: Artifact, backend: InferenceBackend) -> None:
+        """ModelInfo follows the artifact that runs the frames (with backend auto: the runtime chosen here)."""
+        self.info.backend, self.info.precision, self.info.path = backend.name, backend.precision, str(art.path)
+        self.info.input_size = art.input_size
+        self.info.providers = list(getattr(backend, "providers", []))
+
     def probabilities(self, frame: np.ndarray) -> np.ndarray:
         """float32 HxW crack probabilities for a BGR (or grey/BGRA) uint8 frame."""
         frame = as_bgr_frame(frame)
@@ -207,6 +221,8 @@ class Segmenter:
             work = cv2.resize(frame, (ww, wh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         art = self.artifacts[plan.artifact]
         backend, adapter = art.backend, art.adapter
+        if self.info.path != str(art.path):
+            self._describe(art, backend)
         ih, iw = plan.input_size
         if plan.strategy == "tile":
             prob = np.zeros((wh, ww), dtype=np.float32)
@@ -294,7 +310,10 @@ def open_model(path: str | Path | None = None, backend: str | None = None, threa
     info = ModelInfo(name=path.stem, version="unversioned", backend=be.name, precision=be.precision, path=str(path),
                      strategy="tile" if be.contract.input_size else "pad", input_size=be.contract.input_size,
                      providers=list(getattr(be, "providers", [])), input_sizes=[be.contract.input_size])
-    return Segmenter([Artifact(path, be.contract.input_size, lambda: be, be)], info, threshold=threshold,
+    def reopen() -> InferenceBackend:  # a second inference worker needs its own TFLite interpreter
+        return open_backend(path, None if backend == "auto" else backend, None, threads, providers)
+
+    return Segmenter([Artifact.loaded(be, path, reopen)], info, threshold=threshold,
                      frame_gsd_mm_per_px=_as_gsd(gsd_mm_per_px))
 
 
@@ -341,12 +360,36 @@ def _open_bundle(path: Path, backend: str | None, threads: int | None, providers
             candidates[kind] = (file, opener)
         first_kind = next(iter(candidates))
         choice = BackendChoice(candidates, threads, choice_cache) if len(candidates) > 1 else None
+        entry = by_size[size][first_kind]
+        contract = bundle.contract_for(entry)
+        if dynamic:
+            contract = contract.model_copy(update={"input_size": None})
         artifacts.append(Artifact(candidates[first_kind][0], None if dynamic else size, candidates[first_kind][1],
-                                  choice=choice))
-    first = artifacts[0].backend  # fail now, not at the first frame, when the runtime is missing
-    info = ModelInfo(name=bundle.name, version=bundle.version, backend=first.name, precision=first.precision,
-                     path=str(artifacts[0].path), strategy="tile" if len(artifacts) == 1 else "multi",
-                     input_size=artifacts[0].input_size, providers=list(getattr(first, "providers", [])),
-                     manifest=bundle.manifest.model_dump(mode="json"),
-                     input_sizes=[a.input_size for a in artifacts])
+                                  choice=choice, contract=contract))
+    require_runtime(kinds)  # fail now, not at the first frame, when no runtime is installed
+    first_entry = by_size[max(by_size, key=lambda hw: hw[0] * hw[1])]
+    kind0 = next(iter(first_entry))
+    info = ModelInfo(name=bundle.name, version=bundle.version, backend=kind0 if len(kinds) == 1 else "auto",
+                     precision=first_entry[kind0].precision, path=str(artifacts[0].path),
+                     strategy="tile" if len(artifacts) == 1 else "multi", input_size=artifacts[0].input_size,
+                     manifest=bundle.manifest.model_dump(mode="json"), input_sizes=[a.input_size for a in artifacts])
     return Segmenter(artifacts, info, threshold=threshold, frame_gsd_mm_per_px=frame_gsd)
+
+
+def require_runtime(kinds: list[str]) -> None:
+    """BackendUnavailableError unless the runtime of at least one of ``kinds`` imports here."""
+    problems = []
+    for kind in kinds:
+        try:
+            if kind == "onnx":
+                import onnxruntime  # noqa: F401
+            else:
+                from edge_agent.detectors.backends.tflite import load_interpreter_class
+
+                load_interpreter_class()
+            return
+        except ImportError:
+            problems.append("onnxruntime is not installed: pip install onnxruntime")
+        except BackendUnavailableError as exc:
+            problems.append(str(exc))
+    raise BackendUnavailableError("; ".join(problems))

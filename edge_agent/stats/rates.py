@@ -17,11 +17,16 @@ class RateMeter:
         self._events: deque[float] = deque()
         self._lock = threading.Lock()
         self.total = 0
+        self.first: float | None = None  # monotonic time of the first and the last event
+        self.last: float | None = None
 
     def mark(self, n: int = 1) -> None:
         now = time.monotonic()
         with self._lock:
             self.total += n
+            if self.first is None:
+                self.first = now
+            self.last = now
             for _ in range(n):
                 self._events.append(now)
             self._trim(now)
@@ -29,6 +34,13 @@ class RateMeter:
     def _trim(self, now: float) -> None:
         while self._events and now - self._events[0] > self.window_s:
             self._events.popleft()
+
+    def average_rate(self) -> float:
+        """Events per second from the first to the last event (a run's rate, unaffected by idle tails)."""
+        with self._lock:
+            if self.first is None or self.last is None or self.total < 2 or self.last <= self.first:
+                return 0.0
+            return (self.total - 1) / (self.last - self.first)
 
     def rate(self) -> float:
         now = time.monotonic()
