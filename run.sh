@@ -56,7 +56,7 @@ setup() {
     echo "setup: installing crackseg-edge with every extra into $VENV (first run takes a few minutes)" >&2
     # torch first and pinned: an unpinned resolver would pull a multi-GB CUDA build.
     "$VENV/bin/python" -m pip install -q "torch==2.13.0" >&2
-    "$VENV/bin/python" -m pip install -q -e ".[convert,tflite,test,bench,office]" >&2
+    "$VENV/bin/python" -m pip install -q -e ".[convert,tflite,test,bench,office,office-test]" >&2
     "$VENV/bin/python" - <<'PY' >&2
 import torch
 assert torch.__version__.startswith("2.13.0"), f"torch {torch.__version__} replaced the pinned 2.13.0"

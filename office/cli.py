@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from office import __version__, query
 from office.config import IngestConfig, load_analysis_config
-from office.errors import OfficeError
+from office.errors import OfficeError, UserError
 from office.refresh import rebuild, refresh
 from office.store.database import Database
 
@@ -81,7 +81,57 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="create the database (tables, indexes, PostGIS geometry) and store settings")
     _db_arg(p)
     p.add_argument("--config", type=Path)
+
+    _serve_parser(sub)
     return parser
+
+
+def _serve_parser(sub: Any) -> None:
+    """``serve``: the web page (fleet, crack map, segment table) and its read-only JSON API."""
+    p = sub.add_parser("serve", help="the web page: fleet, crack map, crack details, segment table, JSON API")
+    _db_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                   "only; the page has no login, put it behind an authenticating proxy to share it)")
+    p.add_argument("--port", type=int, default=8765, help="TCP port (default 8765)")
+    p.add_argument("--tile-url", metavar="URL", help="base-map tiles, e.g. https://tile.example.org/{z}/{x}/{y}.png "
+                   "(default: none, the page works offline on a blank map with a scale)")
+    p.add_argument("--tile-attribution", default="", metavar="TEXT", help="credit line the tile provider requires")
+    p.add_argument("--tile-max-zoom", type=int, default=19, help="highest zoom the tile server has (default 19)")
+    p.add_argument("--stale-after", type=float, default=120.0, metavar="S", help="a vehicle that says online "
+                   "but was not heard from for this long is shown as stale (default 120)")
+    p.add_argument("--poll-interval", type=float, default=15.0, metavar="S",
+                   help="how often the open page reloads its data (default 15)")
+    p.add_argument("--crack-limit", type=int, default=5000, metavar="N",
+                   help="most cracks drawn per map view, worst first (default 5000)")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from office.web.api import MAX_CRACKS, Settings
+    from office.web.server import serve, tile_origin
+
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: 0..65535")
+    if not 1 <= args.crack_limit <= MAX_CRACKS:
+        raise UserError(f"--crack-limit {args.crack_limit}: 1..{MAX_CRACKS}")
+    if not 0 < args.stale_after <= 86400 or not 1 <= args.poll_interval <= 3600:
+        raise UserError("--stale-after must be in (0, 86400] s and --poll-interval in [1, 3600] s")
+    if not 0 <= args.tile_max_zoom <= 24:
+        raise UserError(f"--tile-max-zoom {args.tile_max_zoom}: 0..24")
+    try:
+        tile_origin(args.tile_url)
+    except ValueError as exc:
+        raise UserError(f"--tile-url: {exc}") from None
+    settings = Settings(tile_url=args.tile_url, tile_attribution=args.tile_attribution,
+                        tile_max_zoom=args.tile_max_zoom, stale_after_s=args.stale_after,
+                        refresh_s=args.poll_interval, crack_limit=args.crack_limit)
+    db = Database.open(args.db, create=False, pool_size=8)
+    try:
+        serve(db, args.host, args.port, settings)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    finally:
+        db.close()
+    return 0
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -149,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"database {db.display_url} is ready")
             db.close()
             return 0
+        if args.command == "serve":
+            return _serve(args)
         if args.command == "rebuild":
             cfg = load_analysis_config(args.config) if args.config else None
             db = Database.open(args.db, create=False)
