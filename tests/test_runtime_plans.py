@@ -176,3 +176,16 @@ def test_a_second_worker_gets_its_own_tflite_interpreter(tmp_path):
     assert twin.artifacts[0].backend is not seg.artifacts[0].backend
     f = frame(320, 480, seed=9)
     np.testing.assert_array_equal(twin.probabilities(f), seg.probabilities(f))
+
+
+def test_selftest_of_an_auto_segmenter_checks_the_files_it_chose(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    from edge_agent.bundle import load_bundle
+    from edge_agent.detectors.runtime import REFERENCE_BUNDLE
+    from edge_agent.detectors.selftest import check_segmenter
+
+    seg = open_model(backend="auto", threads=1, choice_cache=tmp_path)
+    result = check_segmenter(seg, load_bundle(REFERENCE_BUNDLE))
+    assert result.passed
+    chosen = {str(a.path).rsplit(".", 1)[1] for a in seg.artifacts}
+    assert chosen <= {"onnx", "tflite"} and all(a.is_open for a in seg.artifacts)

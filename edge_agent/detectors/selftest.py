@@ -92,10 +92,11 @@ def check_segmenter(segmenter: Any, bundle: Bundle) -> SelftestResult:
     results = []
     root = Path(bundle.root).resolve()
     for index, art in enumerate(segmenter.artifacts):
-        one = segmenter.only(index)  # opens the artifact (with backend auto: the runtime chosen here)
+        one = segmenter.only(index)
+        backend = one.backend  # opens it (with backend auto: the runtime chosen here, which names the file)
         artifact = os.path.relpath(Path(art.path).resolve(), root).replace(os.sep, "/")
         try:
-            result = _result(bundle, artifact, one, one.backend_name, one.info.precision)
+            result = _result(bundle, artifact, one, backend.name, backend.precision)
         except (SelftestError, BundleError):
             raise
         except Exception as exc:  # the model failed to run at all on this device
