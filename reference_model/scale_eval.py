@@ -50,7 +50,7 @@ from edge_agent.evaluation.sweep import ThresholdSweep
 from edge_agent.evaluation.width import WidthHistogram, mask_widths
 from reference_model.dataset import list_pairs, read_mask, read_rgb, select_split
 
-GRID = np.round(np.arange(0.05, 0.951, 0.025), 3)
+GRID = np.round(np.arange(0.05, 0.951, 0.01), 3)
 
 
 # -- resampling ------------------------------------------------------------------------
@@ -127,11 +127,13 @@ def load_val(folder: Path, split: str = "val", limit: int = 0) -> tuple[str, lis
 # -- sweep -----------------------------------------------------------------------------
 def sweep_model(predict, sets: dict[str, list], scales: list[float], frame: tuple[int, int] | None,
                 threshold: float, width_thresholds: list[float], width_sets: set[str] | None = None,
-                grid: np.ndarray = GRID, log=print, frame_limit: int = 0) -> list[dict]:
+                grid: np.ndarray = GRID, log=print, frame_limit: int = 0,
+                base_width_thresholds: list[float] | None = None) -> list[dict]:
     """One row per (set, layout, scale): scores at ``threshold`` and over ``grid``, widths.
 
     ``predict(image) -> prob`` is the model; widths of predictions are measured at every
-    threshold in ``width_thresholds`` (only for sets in ``width_sets`` when given). The frame
+    threshold in ``width_thresholds`` (only for sets in ``width_sets`` when given; the other
+    sets at ``base_width_thresholds``, default the detection threshold). The frame
     layout uses the first ``frame_limit`` images of each set when given (frames cost ~7x more).
     """
     grid = np.unique(np.round(np.concatenate([grid, [threshold]]), 3))
@@ -144,8 +146,10 @@ def sweep_model(predict, sets: dict[str, list], scales: list[float], frame: tupl
                 t0 = time.time()
                 sweep = ThresholdSweep(grid)
                 label_w = WidthHistogram()
-                pred_w = {t: WidthHistogram() for t in width_thresholds}
-                do_w = width_sets is None or name in width_sets
+                full = width_sets is None or name in width_sets
+                set_wts = sorted(set(width_thresholds if full else (base_width_thresholds or [threshold])))
+                pred_w = {t: WidthHistogram() for t in set_wts}
+                do_w = bool(set_wts)
                 chosen = pairs[:frame_limit] if layout == "frame" and frame_limit else pairs
                 for image, mask in chosen:
                     img, m = resample_pair(image, mask, s)
@@ -165,6 +169,8 @@ def sweep_model(predict, sets: dict[str, list], scales: list[float], frame: tupl
                        "recall": at.recall, "iou": at.iou,
                        "oracle_f1": float(f1s.max()), "oracle_threshold": float(grid[int(f1s.argmax())]),
                        "f1_by_threshold": {f"{t:.3f}": float(f) for t, f in zip(grid, f1s)},
+                       "pr_iou_by_threshold": {f"{t:.3f}": [round(r.precision, 5), round(r.recall, 5), round(r.iou, 5)]
+                                               for t, r in zip(grid, res)},
                        "label_width_px": label_w.median() if do_w else None,
                        "pred_width_px": {f"{t:.3f}": h.median() for t, h in pred_w.items()} if do_w else None,
                        "seconds": round(time.time() - t0, 1)}
@@ -172,7 +178,7 @@ def sweep_model(predict, sets: dict[str, list], scales: list[float], frame: tupl
                 wtxt = ""
                 if do_w:
                     wtxt = " widths pred " + ", ".join(f"{t:.2f}:{row['pred_width_px'][f'{t:.3f}']}"
-                                                       for t in width_thresholds)
+                                                       for t in set_wts)
                     wtxt += f" label {row['label_width_px']}"
                 log(f"{name:<18}{layout:<7} x{s:<5g} F1 {at.f1:.4f} P {at.precision:.3f} R {at.recall:.3f} "
                     f"IoU {at.iou:.4f} (oracle {row['oracle_f1']:.4f}@{row['oracle_threshold']:.3f}){wtxt} "
@@ -180,12 +186,32 @@ def sweep_model(predict, sets: dict[str, list], scales: list[float], frame: tupl
     return rows
 
 
-def choose_threshold(rows: list[dict]) -> tuple[float, float]:
-    """Threshold with the best mean F1 over all rows (sets x layouts x scales)."""
+def choose_threshold(rows: list[dict], layout: str | None = "native") -> tuple[float, float]:
+    """Threshold with the best mean F1 over the rows of ``layout`` (sets x scales; all rows when
+    ``layout`` is None). Frames repeat the native images mirrored, so they are not counted twice."""
+    rows = [r for r in rows if layout is None or r["layout"] == layout] or rows
     keys = list(rows[0]["f1_by_threshold"])
     mean = {k: float(np.mean([r["f1_by_threshold"][k] for r in rows])) for k in keys}
     best = max(mean, key=mean.get)
     return float(best), mean[best]
+
+
+def choose_width_threshold(rows: list[dict], set_name: str, layout: str = "native") -> dict | None:
+    """Width threshold whose median predicted width best matches the labels' on ``set_name``:
+    least mean |pred - label| over the scales (ties: the one closest at scale 1)."""
+    sub = [r for r in rows if r["set"] == set_name and r["layout"] == layout and r["pred_width_px"]
+           and r["label_width_px"] is not None]
+    if not sub:
+        return None
+    keys = [k for k in sub[0]["pred_width_px"] if all(r["pred_width_px"][k] is not None for r in sub)]
+    if not keys:
+        return None
+    err = {k: float(np.mean([abs(r["pred_width_px"][k] - r["label_width_px"]) for r in sub])) for k in keys}
+    at1 = [r for r in sub if r["scale"] == 1.0]
+    err1 = {k: (at1[0]["pred_width_px"][k] - at1[0]["label_width_px"]) if at1 else None for k in keys}
+    best = min(keys, key=lambda k: (round(err[k], 3), abs(err1[k]) if err1[k] is not None else 0))
+    return {"set": set_name, "width_threshold": float(best), "mean_abs_error_px": err[best],
+            "error_at_scale_1_px": err1[best], "mean_abs_error_by_threshold": err}
 
 
 def summary(rows: list[dict]) -> dict:
@@ -227,9 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, help="detection threshold (default: the checkpoint's)")
     ap.add_argument("--width-thresholds", default="",
                     help="thresholds at which predicted widths are measured (default: detection + width threshold)")
-    ap.add_argument("--width-sets", default="", help="comma-separated set names to measure widths on (default all)")
+    ap.add_argument("--width-sets", default="",
+                    help="comma-separated set names that get the whole --width-thresholds list (default all); "
+                         "the others are measured at the detection and stored width thresholds only")
     ap.add_argument("--choose-threshold", action="store_true",
                     help="print the grid threshold with the best mean F1 over sets x scales")
+    ap.add_argument("--choose-width-threshold", metavar="SET",
+                    help="print the width threshold whose predicted widths best match SET's labels")
     ap.add_argument("--limit", type=int, default=0, help="first N images per set (quick looks only)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", type=Path, help="write all rows and the summary here")
@@ -238,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model, contract, width_t = load_checkpoint(args.checkpoint)
     threshold = contract.threshold if args.threshold is None else args.threshold
-    width_ts = parse_floats(args.width_thresholds) if args.width_thresholds else \
-        sorted({round(threshold, 3)} | ({round(width_t, 3)} if width_t is not None else set()))
+    base_wts = sorted({round(threshold, 3)} | ({round(width_t, 3)} if width_t is not None else set()))
+    width_ts = sorted(set(parse_floats(args.width_thresholds)) | set(base_wts)) if args.width_thresholds else base_wts
     frame = tuple(int(v) for v in args.frame.lower().split("x")) if args.frame else None
     from reference_model.train import predict_probabilities
 
@@ -250,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     rows = sweep_model(predict, sets, parse_floats(args.scales), frame, threshold, width_ts,
                        set(args.width_sets.split(",")) if args.width_sets else None,
-                       log=lambda m: print(m, flush=True), frame_limit=args.frame_limit)
+                       log=lambda m: print(m, flush=True), frame_limit=args.frame_limit,
+                       base_width_thresholds=base_wts)
     result = {"checkpoint": str(args.checkpoint), "threshold": threshold, "width_threshold": width_t,
               "split": args.split, "scales": parse_floats(args.scales), "frame": list(frame) if frame else None,
               "command": " ".join(["python -m reference_model.scale_eval"] + (argv if argv is not None else sys.argv[1:])),
@@ -258,8 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.choose_threshold:
         t, f = choose_threshold(rows)
         result["chosen_threshold"] = {"threshold": t, "mean_f1": f}
-        print(f"threshold with the best mean F1 over {len(rows)} set x layout x scale cells: {t:.3f} "
+        print(f"threshold with the best mean F1 over the native set x scale cells: {t:.3f} "
               f"(mean F1 {f:.4f})")
+    if args.choose_width_threshold:
+        result["chosen_width_threshold"] = choose_width_threshold(rows, args.choose_width_threshold)
+        print(f"width threshold: {json.dumps(result['chosen_width_threshold'])}")
     print(markdown_table(rows, width_t if width_t is not None else threshold))
     print(json.dumps(result["summary"]))
     if args.json:

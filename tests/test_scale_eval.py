@@ -104,3 +104,18 @@ def test_augmenter_scale_range_reaches_both_ends_and_keeps_shapes():
     aug_old = Augmenter(crop=64, seed=0)  # the old call signature still works
     i, t, b = aug_old(img, core, ignore)
     assert i.shape == (64, 64, 3)
+
+
+def test_width_threshold_choice_matches_label_widths():
+    from reference_model.scale_eval import choose_width_threshold
+
+    def predict(img):  # soft crack: 0.9 on the dark core, 0.6 on a 2-px halo around it
+        dark = (img[..., 0] < 100).astype(np.uint8)
+        halo = __import__("cv2").dilate(dark, np.ones((5, 5), np.uint8))
+        return np.where(dark > 0, 0.9, np.where(halo > 0, 0.6, 0.05)).astype(np.float32)
+
+    rows = sweep_model(predict, {"toy": [scene(width=4)]}, [1.0, 2.0], None, threshold=0.5,
+                       width_thresholds=[0.5, 0.8], log=lambda m: None)
+    chosen = choose_width_threshold(rows, "toy")
+    assert chosen["width_threshold"] == 0.8 and chosen["mean_abs_error_px"] < 0.5
+    assert chosen["mean_abs_error_by_threshold"]["0.500"] > 3
