@@ -34,9 +34,11 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, and_, bindparam, select, tuple_, update
+from sqlalchemy import Connection, bindparam, select, tuple_, update
 
 from office.config import InventoryConfig
+from office.crack_lengths import pass_lengths
+from office.crack_queries import CHUNK, MAX_CRACK_DEG
 from office.geo import FloatArray
 from office.lines import (
     LocalFrame,
@@ -48,7 +50,6 @@ from office.lines import (
     line_wkt,
     overlap_share,
     parse_line,
-    principal_axis,
 )
 from office.store.database import Database
 
@@ -56,8 +57,6 @@ SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2}
 TYPE_TIE_ORDER = ("alligator", "transverse", "diagonal", "longitudinal")
 GRID_DEG = 0.001     # in-memory index cells (about 110 m x 70 m at 50 degrees latitude)
 BLOCK_DEG = 0.01     # database prefetch blocks
-MAX_CRACK_DEG = 0.01  # no crack is longer than ~1 km: bounds the index scan on min_lat
-CHUNK = 500
 
 
 @dataclass
@@ -369,9 +368,9 @@ class Merger:
 
     # -- attributes -----------------------------------------------------------------------------
     def _length(self, st: CrackState, obs: Sequence[Any]) -> float:
-        """The longest pass (``_pass_lengths``); not the extent of all passes together: their GNSS
+        """The longest pass (``pass_lengths``); not the extent of all passes together: their GNSS
         offsets along the crack would lengthen it."""
-        return max(_pass_lengths(st.pieces, obs))
+        return max(pass_lengths(st.pieces, obs))
 
     def _finalize(self) -> None:
         """Recompute every touched crack from all its observations."""
@@ -423,108 +422,6 @@ class Merger:
             self.conn.execute(stmt, changes)
 
 
-PASS_GAP_S = 30.0   # sightings of one vehicle this close in time are one pass (a track the tracker split)
-WHOLE_SHARE = 0.8   # a crack "seen whole" in one frame must be at least this share of its parts' extent
-
-
-def _pass_lengths(pieces: dict[tuple[str, str], list[FloatArray]] | None, obs: Sequence[Any]) -> list[float]:
-    """Length of the crack per pass: the sightings (device, track) of one vehicle within ``PASS_GAP_S``
-    of each other. Seen whole in one frame (no end on the frame border, and not much shorter than
-    all the pass's parts together): that frame's measurement, exact. Otherwise (longer than the
-    camera footprint, or the tracker lost it half way): ``parts_length`` of all the pass's parts,
-    or the longest single observation if that is longer."""
-    spans: dict[tuple[str, str], list[Any]] = {}
-    for r in obs:
-        key = (r.device_id, r.track_id)
-        spans.setdefault(key, [r.ts, r.ts])
-        spans[key][0] = min(spans[key][0], r.ts)
-        spans[key][1] = max(spans[key][1], r.ts)
-    pass_of: dict[tuple[str, str], int] = {}
-    n_passes = 0
-    last: dict[str, tuple[Any, int]] = {}
-    for key, (first, end) in sorted(spans.items(), key=lambda kv: (kv[0][0], kv[1][0])):
-        prev = last.get(key[0])
-        if prev is not None and (first - prev[0]).total_seconds() <= PASS_GAP_S:
-            pass_of[key] = prev[1]
-            last[key[0]] = (max(prev[0], end), prev[1])
-        else:
-            pass_of[key] = n_passes
-            last[key[0]] = (end, n_passes)
-            n_passes += 1
-    whole: dict[int, float] = {}
-    longest: dict[int, float] = {}
-    for r in obs:
-        k = pass_of[(r.device_id, r.track_id)]
-        longest[k] = max(longest.get(k, 0.0), float(r.length_m))
-        if not r.clipped:
-            whole[k] = max(whole.get(k, 0.0), float(r.length_m))
-    parts: dict[int, list[FloatArray]] = {}
-    for key, lines in (pieces or {}).items():
-        if key in pass_of:
-            parts.setdefault(pass_of[key], []).extend(lines)
-    out = []
-    for k, length in longest.items():
-        extent = parts_length(parts[k]) if parts.get(k) else 0.0
-        if k in whole and whole[k] >= WHOLE_SHARE * extent:
-            out.append(whole[k])          # seen whole: that frame's measurement (the parts add GNSS jitter)
-        else:
-            # never seen whole, or the "whole" one is much shorter than the parts together (an end
-            # that stopped short of the border hid that it was cut off): the parts
-            out.append(max(length, extent))
-    return out
-
-
-def parts_length(pieces: Sequence[FloatArray]) -> float:
-    """Length of a crack seen in parts (lon/lat lines of one pass): the extent of the parts along
-    their common axis times their median tortuosity (own length / own extent). Not the length of a
-    centreline through the parts: frame-to-frame GNSS jitter makes such a line zig-zag."""
-    frame = frame_for(float(pieces[0][0, 0]), float(pieces[0][0, 1]))
-    xys = [frame.to_xy(p) for p in pieces]
-    mean, u = principal_axis(np.vstack(xys))
-    t = np.concatenate([(xy - mean) @ u for xy in xys])
-    ratios = []
-    for xy in xys:
-        tt = (xy - mean) @ u
-        extent = float(tt.max() - tt.min())
-        if extent > 0.1:
-            ratios.append(float(np.sum(np.hypot(*np.diff(xy, axis=0).T))) / extent)
-    tortuosity = min(1.5, max(1.0, float(np.median(ratios)))) if ratios else 1.0
-    return float(t.max() - t.min()) * tortuosity
-
-
 def merge_pending(conn: Connection, db: Database, cfg: InventoryConfig, now: datetime, limit: int) -> MergeResult:
     """Merge up to ``limit`` pending observations into the inventory (caller holds the refresh lock)."""
     return Merger(conn, db, cfg, now).run(limit)
-
-
-def crack_midpoints(conn: Connection, db: Database, ids: Iterable[int]) -> dict[int, tuple[float, float] | None]:
-    """Midpoint (lon, lat) of each crack's line, None for unplaced cracks."""
-    c = db.t.cracks.c
-    out: dict[int, tuple[float, float] | None] = {}
-    id_list = sorted(ids)
-    for i in range(0, len(id_list), CHUNK):
-        for cid, geom in conn.execute(select(c.id, c.geom).where(c.id.in_(id_list[i:i + CHUNK]))):
-            line = parse_line(geom)
-            if line is None:
-                out[int(cid)] = None
-                continue
-            frame = frame_for(float(line[0, 0]), float(line[0, 1]))
-            xy = frame.to_xy(line)
-            seg = np.hypot(*np.diff(xy, axis=0).T)
-            half = float(seg.sum()) / 2
-            cum = np.concatenate([[0.0], np.cumsum(seg)])
-            k = int(np.clip(np.searchsorted(cum, half) - 1, 0, len(seg) - 1))
-            frac = 0.0 if seg[k] == 0 else (half - cum[k]) / seg[k]
-            mid = xy[k] + frac * (xy[k + 1] - xy[k])
-            lon, lat = frame.to_lonlat(mid)[0]
-            out[int(cid)] = (float(lon), float(lat))
-    return out
-
-
-def unsegmented_cracks_in(conn: Connection, db: Database, bbox: tuple[float, float, float, float]) -> set[int]:
-    """Placed cracks with no segment inside ``bbox`` (new segments may now cover them)."""
-    c = db.t.cracks.c
-    x0, y0, x1, y1 = bbox
-    return {int(r[0]) for r in conn.execute(select(c.id).where(and_(
-        c.segment_id.is_(None), c.min_lat <= y1, c.min_lat >= y0 - MAX_CRACK_DEG, c.max_lat >= y0,
-        c.min_lon <= x1, c.max_lon >= x0)))}

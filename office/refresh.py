@@ -25,7 +25,8 @@ from datetime import datetime, timezone
 from sqlalchemy import update
 
 from office.config import AnalysisConfig
-from office.inventory import merge_pending, unsegmented_cracks_in
+from office.crack_queries import unsegmented_cracks_in
+from office.inventory import merge_pending
 from office.segments import SegmentBuilder, update_metrics
 from office.snapshots import choose_best, cracks_for_new_snapshots
 from office.store.database import Database

@@ -39,8 +39,8 @@ from sqlalchemy import Connection, bindparam, select, update
 
 from office.condition import condition_index, rating
 from office.config import SegmentConfig
+from office.crack_queries import CHUNK, crack_midpoints
 from office.geo import FloatArray
-from office.inventory import CHUNK, crack_midpoints
 from office.lines import LocalFrame, frame_for, heading_diff_deg, line_wkt, parse_line, point_on_line
 from office.store.database import Database
 

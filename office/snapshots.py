@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, select, update
 
-from office.inventory import CHUNK
+from office.crack_queries import CHUNK
 from office.store.database import Database
 
 WINDOW_S = 1.0
