@@ -37,7 +37,7 @@ class OnnxBackend:
     thread_safe = True  # InferenceSession.run may be called from several threads at once
 
     def __init__(self, path: str | Path, contract: InferenceContract | None = None, threads: int | None = None,
-                 providers: list[str] | None = None):
+                 providers: list[str] | None = None, arena: bool | None = None):
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - onnxruntime is a core dependency
@@ -50,9 +50,11 @@ class OnnxBackend:
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Batch-1 inference at one shape: the arena's pooled over-allocation costs tens of MB
-        # of RSS on a Pi and buys nothing measurable (see docs/benchmarks.md).
-        opts.enable_cpu_mem_arena = False
+        # The arena trades memory for speed, and the trade flips with the input size: at 320x480
+        # its pooled over-allocation cost tens of MB of RSS and bought nothing measurable, at
+        # 720x1280 without it every full-resolution buffer (up to 59 MB) is mapped and faulted
+        # in anew on each call: 255 ms of CPU per frame instead of 113 (measured, 1 thread).
+        opts.enable_cpu_mem_arena = _large_input(contract) if arena is None else arena
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=resolve_providers(providers))
         except Exception as exc:
@@ -91,6 +93,14 @@ class OnnxBackend:
         if batch.dtype != self.input_dtype:
             batch = batch.astype(self.input_dtype)
         return self.session.run(None, {self.input_name: batch})[0]
+
+
+ARENA_MIN_PIXELS = 500_000  # inputs from about 720x720 up run with onnxruntime's memory arena
+
+
+def _large_input(contract: InferenceContract | None) -> bool:
+    size = contract.input_size if contract is not None else None
+    return bool(size and size[0] * size[1] >= ARENA_MIN_PIXELS)
 
 
 def onnx_precision(path: Path) -> str:
