@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING, Any, cast
 import cv2
 
 from edge_agent.agent.commands import AgentCommands, CommandRegistry, ConfigHolder, PauseSwitch
-from edge_agent.agent.coverage import CoverageSettings, CoverageTracker, FrameSelector
+from edge_agent.agent.coverage import (
+    CoverageSettings,
+    CoverageTracker,
+    FrameSelector,
+    coverage_so_far,
+    driven_m,
+)
 from edge_agent.agent.health import HealthCollector
 from edge_agent.agent.pipeline import InferenceStage, ModelSlot, ReportStage, Segmented
 from edge_agent.agent.reporter import Reporter
@@ -249,7 +255,7 @@ class Agent:
         self.health = HealthCollector(self.stats, capture, self._comms(), self._model_info, self._model_manifest,
                                       self.segmented.qsize, self.cfg.health.memory_limit,
                                       paused=lambda: self.pause.paused, extra=self._health_extra,
-                                      coverage=self._coverage_window)
+                                      coverage=lambda: coverage_so_far(self.coverage, self.selector, window=True))
         self.report.start()
         self.inference.start()
         return self._stop_pipeline
@@ -286,7 +292,7 @@ class Agent:
             "pending": link.outbox_depth, "dropped": cam.frames_dropped + link.dropped,
             "frames_dropped": cam.frames_dropped, "outbox_dropped": link.dropped,
             "frames_skipped_coverage": cam.frames_skipped_coverage, "frames_skipped_fps": cam.frames_skipped,
-            "coverage": self._coverage_overall(), "driven_m": self._driven_m(),
+            "coverage": coverage_so_far(self.coverage, self.selector), "driven_m": driven_m(self.selector),
             "outbox_corrupt": link.outbox_corrupt, "outbox_lost_files": link.outbox_lost_files,
             "frame_errors": s["frame_errors"], "inference_errors": s["inference_errors"],
             "report_errors": s["report_errors"],
@@ -347,26 +353,6 @@ class Agent:
         elif self.pause.by_memory and rss < 0.9 * limit:
             self.pause.set(memory=False)
             log.warning("RSS back under the memory limit: accepting frames again")
-
-    # -- coverage --------------------------------------------------------------------------
-    def _driven_m(self) -> float | None:
-        selector = self.selector
-        return None if selector is None or not selector.speed_known else round(selector.odometer_m, 2)
-
-    def _coverage_overall(self) -> float | None:
-        selector = self.selector
-        if selector is None or not selector.speed_known:
-            return None
-        value = self.coverage.coverage(selector.odometer_m)
-        return None if value is None else round(value, 4)
-
-    def _coverage_window(self) -> float | None:
-        """Coverage over the last health interval (None without a known speed)."""
-        selector = self.selector
-        if selector is None or not selector.speed_known:
-            return None
-        value = self.coverage.window(selector.odometer_m)
-        return None if value is None else round(value, 4)
 
     # -- health and model info -------------------------------------------------------------
     def _health_flat(self) -> HealthSnapshot:

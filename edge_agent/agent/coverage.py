@@ -184,3 +184,16 @@ def max_speed_kmh(fps: float, footprint: float | None, overlap: float) -> float 
     if footprint is None or fps <= 0:
         return None
     return fps * footprint * (1.0 - overlap) * KMH
+
+
+def driven_m(selector: FrameSelector | None) -> float | None:
+    """Metres driven so far (None without a known speed)."""
+    return None if selector is None or not selector.speed_known else round(selector.odometer_m, 2)
+
+
+def coverage_so_far(tracker: CoverageTracker, selector: FrameSelector | None, window: bool = False) -> float | None:
+    """The run's coverage, or (``window``) the coverage since the previous call; None without a speed."""
+    if selector is None or not selector.speed_known:
+        return None
+    value = tracker.window(selector.odometer_m) if window else tracker.coverage(selector.odometer_m)
+    return None if value is None else round(value, 4)
