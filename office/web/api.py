@@ -27,6 +27,8 @@ from office.web.params import CRACK_TYPES, SEVERITIES, BadRequest, NotFound, Par
 
 MAX_CRACKS = 10_000
 MAX_SEGMENTS = 10_000
+CACHE_ENTRIES = 128
+CACHE_MAX_BYTES = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -127,11 +129,12 @@ class Api:
             if hit is not None and hit[0] > now:
                 return hit[1]
         resp = make()   # outside the lock: two misses may both query, which is harmless
-        if resp.status == 200 and self.settings.cache_s > 0:
+        # bounded: at most CACHE_ENTRIES answers of at most CACHE_MAX_BYTES (a big map view is not kept)
+        if resp.status == 200 and self.settings.cache_s > 0 and len(resp.body) <= CACHE_MAX_BYTES:
             with self._lock:
                 self._cache[key] = (now + self.settings.cache_s, resp)
                 self._cache.move_to_end(key)
-                while len(self._cache) > 256:
+                while len(self._cache) > CACHE_ENTRIES:
                     self._cache.popitem(last=False)
         return resp
 

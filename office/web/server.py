@@ -190,8 +190,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, resp: Response, *, head: bool) -> None:
         self.send_response(resp.status)
-        headers = {**self.server.headers_all, "Content-Type": resp.content_type,
-                   "Content-Length": str(len(resp.body)) if resp.status != 304 else "0"}
+        headers = {**self.server.headers_all, "Content-Type": resp.content_type}
+        if resp.status != 304:      # a 304 has no body, and its length would be the cached one's
+            headers["Content-Length"] = str(len(resp.body))
         if resp.content_type == "application/json":
             headers["Cache-Control"] = "no-store"
         headers.update(resp.headers)

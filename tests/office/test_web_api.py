@@ -103,6 +103,12 @@ def test_summary_and_lists_match_the_database(db_url: str) -> None:
         assert (v1["model_name"], v1["model_version"]) == ("crackseg-ref", "1.0")
         assert v2["state"] == "offline" and not v2["online"] and v2["health"] is None
         assert v1["messages"] + v2["messages"] == s.sent["detections"] and v1["missing_seq"] == 0
+        # the server's own connections refuse writes (SQLite query_only, PostgreSQL read-only transactions)
+        with pytest.raises(Exception, match="(?i)read-only|readonly|query_only|attempt to write"):
+            with s.db.engine.connect() as conn:
+                conn.execute(text("DELETE FROM cracks"))
+                conn.commit()
+        assert s.json("/api/v1/summary")["cracks"] == s.stats["cracks"]
     finally:
         s.close()
 
@@ -190,12 +196,6 @@ def test_read_only_server_headers_and_static_files(served: Served) -> None:
     # DNS rebinding: a page elsewhere whose name now resolves to 127.0.0.1
     assert served.request("/api/v1/summary", host="evil.example:8765")[0] == 421
     assert served.request("/api/v1/summary", host=f"localhost:{served.port}")[0] == 200
-    # the server's own connections refuse writes, whatever a bug might try
-    with pytest.raises(Exception, match="(?i)readonly|read-only|query_only|attempt to write"):
-        with served.db.engine.connect() as conn2:
-            conn2.execute(text("DELETE FROM cracks"))
-            conn2.commit()
-    assert served.json("/api/v1/summary")["cracks"] == served.stats["cracks"]
     index = served.json("/api/v1")
     assert index["read_only"] and {e["path"] for e in index["endpoints"]} >= {"/api/v1/cracks", "/api/v1/fleet"}
 
