@@ -240,3 +240,27 @@ def test_serve_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_package_ships_the_page(tmp_path: Path) -> None:
+    """A wheel built from exactly what the office image copies (pyproject.toml, README.md, office/)
+    contains the page and the vendored Leaflet with its licence: package data, not a source-tree file."""
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(REPO / "office", src / "office", ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                           str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wheel = next((tmp_path / "dist").glob("*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    static = {n.split("office/web/static/", 1)[1] for n in names if "office/web/static/" in n}
+    expected = {p.relative_to(REPO / "office/web/static").as_posix()
+                for p in (REPO / "office/web/static").rglob("*") if p.is_file()}
+    assert expected <= static
+    assert {"index.html", "app.js", "vendor/leaflet/leaflet.js", "vendor/leaflet/LICENSE"} <= static
+    assert not any(n.startswith(("edge_agent/", "converters/")) for n in names)
