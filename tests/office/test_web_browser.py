@@ -188,3 +188,24 @@ def test_a_tile_url_setting_draws_the_base_map(browser: Any, tmp_path: Path) -> 
         tiles.shutdown()
         tiles.server_close()
         db.close()
+
+
+def test_an_empty_database_shows_an_empty_page_without_errors(browser: Any, tmp_path: Path) -> None:
+    """A fresh office (init, nothing received yet): the page still loads, with zeros and no error."""
+    db = Database.open(f"sqlite:///{tmp_path / 'office.db'}")
+    server = _serve(db, Settings())
+    page = browser.new_page()
+    seen = _watch(page, server.url.rstrip("/"))
+    try:
+        page.goto(server.url)
+        page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        assert page.inner_text("#n-cracks") == "0" and page.locator("path.crack").count() == 0
+        assert page.locator("#fleet-table tbody tr").count() == 0
+        page.click("#tab-segments")
+        assert page.inner_text("#segments-note") == "no segments yet"
+        assert not seen["errors"] and not seen["foreign"], seen
+    finally:
+        page.close()
+        server.shutdown()
+        server.server_close()
+        db.close()
