@@ -138,6 +138,15 @@ def test_page_map_fleet_segments_and_a_click_on_a_crack(browser: Any, tmp_path: 
         assert tuple(size) == SNAPSHOT_SIZE
         assert page.locator("#crack-observations tbody tr").count() > 0
         assert page.url.endswith(f"#crack={target['id']}")
+        # the crack list: every crack, worst first (the API's order), and a click on a row opens it too
+        page.click("#tab-cracks")
+        listed = [int(r.get_attribute("data-crack-id")) for r in page.locator("#crack-table tbody tr").all()]
+        rank = {"high": 0, "medium": 1, "low": 2}
+        expected = sorted(query.cracks(db), key=lambda c: (rank[c["severity"]], -c["length_m"], c["id"]))
+        assert listed == [c["id"] for c in expected]
+        assert page.inner_text("#cracks-note") == f"worst first: 1-{stats['cracks']} of {stats['cracks']}"
+        page.click(f"#crack-table tbody tr[data-crack-id='{listed[-1]}']")
+        page.wait_for_selector(f"#crack-detail[data-crack-id='{listed[-1]}']", timeout=10_000)
         assert not seen["errors"], seen["errors"]
         assert not seen["foreign"], f"requests left the server: {seen['foreign']}"
     finally:

@@ -7,6 +7,8 @@
   const SEVERITY_COLOUR = { low: "#e0b000", medium: "#f07800", high: "#d01c1c" };
   const TRACK_COLOUR = "#4a6fa5";
   const SEGMENT_PAGE = 100;
+  const CRACK_PAGE = 100;
+  const TABS = ["fleet", "cracks", "segments", "crack"];
   const $ = (id) => document.getElementById(id);
 
   let settings = null;
@@ -18,6 +20,7 @@
   let selectedId = null;
   let mapSignature = "";
   let segmentOffset = 0;
+  let crackOffset = 0;
   const crackPaths = new Map();
 
   async function api(path) {
@@ -72,7 +75,7 @@
 
   // -- tabs -----------------------------------------------------------------------------------
   function showTab(name) {
-    for (const t of ["fleet", "segments", "crack"]) {
+    for (const t of TABS) {
       $(`tab-${t}`).setAttribute("aria-selected", String(t === name));
       $(t).hidden = t !== name;
     }
@@ -193,6 +196,7 @@
   async function showCrack(id) {
     selectedId = id;
     markSelected();
+    for (const r of $("crack-table").tBodies[0].rows) r.classList.toggle("selected", r.dataset.crackId === String(id));
     showTab("crack");
     const c = await api(`/api/v1/cracks/${id}`);
     const p = c.properties;
@@ -240,6 +244,36 @@
     history.replaceState(null, "", `#crack=${c.id}`);
   }
 
+  // -- the crack list -------------------------------------------------------------------------
+  async function loadCrackList() {
+    const c = await api(`/api/v1/cracks?limit=${CRACK_PAGE}&offset=${crackOffset}`);
+    const body = $("crack-table").tBodies[0];
+    body.replaceChildren();
+    for (const f of c.features) {
+      const p = f.properties;
+      const tr = document.createElement("tr");
+      tr.className = f.id === selectedId ? "clickable selected" : "clickable";
+      tr.dataset.crackId = String(f.id);
+      cell(tr, `#${f.id}`);
+      cell(tr, badge(p.severity, `sev-${p.severity}`));
+      cell(tr, p.type);
+      cell(tr, num(p.length_m, 2));
+      cell(tr, num(p.width_max_mm, 1));
+      cell(tr, `${p.observations} × / ${p.sightings} passes`);
+      cell(tr, p.devices);
+      cell(tr, ago(p.last_seen), null, p.last_seen);
+      tr.addEventListener("click", () => {
+        if (f.geometry) map.fitBounds(L.polyline(latlngs(f)).getBounds(), { padding: [80, 80], maxZoom: 21 });
+        showCrack(f.id);
+      });
+      body.appendChild(tr);
+    }
+    $("cracks-note").textContent = c.total ? `worst first: ${c.offset + 1}-${c.offset + c.returned} of ${c.total}`
+      : "no cracks yet";
+    $("crack-prev").disabled = c.offset === 0;
+    $("crack-next").disabled = !c.truncated;
+  }
+
   // -- segments -------------------------------------------------------------------------------
   async function loadSegments() {
     const s = await api(`/api/v1/segments?order=worst&limit=${SEGMENT_PAGE}&offset=${segmentOffset}`);
@@ -284,7 +318,7 @@
       const [summary, fleet] = await Promise.all([api("/api/v1/summary"), api("/api/v1/fleet")]);
       showSummary(summary);
       showFleet(fleet);
-      await Promise.all([loadMap(), loadSegments()]);
+      await Promise.all([loadMap(), loadCrackList(), loadSegments()]);
       document.body.dataset.ready = "1";
     } catch (err) {
       $("updated").textContent = `update failed: ${err.message}`;
@@ -320,7 +354,9 @@
     trackLayer = L.layerGroup().addTo(map);
     highlightLayer = L.layerGroup().addTo(map);
     crackLayer = L.layerGroup().addTo(map);
-    for (const t of ["fleet", "segments", "crack"]) $(`tab-${t}`).addEventListener("click", () => showTab(t));
+    for (const t of TABS) $(`tab-${t}`).addEventListener("click", () => showTab(t));
+    $("crack-prev").addEventListener("click", () => { crackOffset = Math.max(0, crackOffset - CRACK_PAGE); loadCrackList(); });
+    $("crack-next").addEventListener("click", () => { crackOffset += CRACK_PAGE; loadCrackList(); });
     $("seg-prev").addEventListener("click", () => { segmentOffset = Math.max(0, segmentOffset - SEGMENT_PAGE); loadSegments(); });
     $("seg-next").addEventListener("click", () => { segmentOffset += SEGMENT_PAGE; loadSegments(); });
     let timer = null;
