@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -40,6 +40,7 @@ from office.config import InventoryConfig
 from office.crack_lengths import pass_lengths
 from office.crack_queries import CHUNK, MAX_CRACK_DEG
 from office.geo import FloatArray
+from office.grid import cells, new_blocks
 from office.lines import (
     LocalFrame,
     angle_diff_deg,
@@ -109,13 +110,6 @@ class MergeResult:
     old_segments: set[int] = field(default_factory=set)
 
 
-def _cells(bbox: tuple[float, float, float, float], size: float) -> Iterable[tuple[int, int]]:
-    x0, y0, x1, y1 = bbox
-    for i in range(math.floor(x0 / size), math.floor(x1 / size) + 1):
-        for j in range(math.floor(y0 / size), math.floor(y1 / size) + 1):
-            yield i, j
-
-
 def _expand(bbox: tuple[float, float, float, float], metres: float) -> tuple[float, float, float, float]:
     dlat = metres / 111_000.0
     dlon = metres / (111_000.0 * max(0.05, math.cos(math.radians((bbox[1] + bbox[3]) / 2))))
@@ -157,24 +151,19 @@ class Merger:
     def _index(self, state: CrackState) -> None:
         box = state.bbox()
         if box is not None:
-            for cell in _cells(box, GRID_DEG):
+            for cell in cells(box, GRID_DEG):
                 self.grid.setdefault(cell, set()).add(state.id)
 
     def _unindex(self, state: CrackState) -> None:
         box = state.bbox()
         if box is not None:
-            for cell in _cells(box, GRID_DEG):
+            for cell in cells(box, GRID_DEG):
                 self.grid.get(cell, set()).discard(state.id)
 
     def _prefetch(self, bbox: tuple[float, float, float, float]) -> None:
         """Load the cracks of every database block the box touches (once per run)."""
         c = self.t.cracks.c
-        for bx, by in _cells(bbox, BLOCK_DEG):
-            if (bx, by) in self.blocks:
-                continue
-            self.blocks.add((bx, by))
-            x0, y0 = bx * BLOCK_DEG, by * BLOCK_DEG
-            x1, y1 = x0 + BLOCK_DEG, y0 + BLOCK_DEG
+        for x0, y0, x1, y1 in new_blocks(bbox, BLOCK_DEG, self.blocks):
             rows = self.conn.execute(
                 select(c.id, c.geom, c.type, c.segment_id).where(
                     c.min_lat <= y1, c.min_lat >= y0 - MAX_CRACK_DEG, c.max_lat >= y0, c.min_lon <= x1,
@@ -189,7 +178,7 @@ class Merger:
 
     def _near(self, bbox: tuple[float, float, float, float]) -> list[CrackState]:
         ids: set[int] = set()
-        for cell in _cells(bbox, GRID_DEG):
+        for cell in cells(bbox, GRID_DEG):
             ids |= self.grid.get(cell, set())
         out = []
         for i in sorted(ids):

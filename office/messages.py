@@ -143,6 +143,21 @@ def _ids(obj: Any) -> tuple[str | None, str | None]:
     return (dev if isinstance(dev, str) else None), (mid if isinstance(mid, str) else None)
 
 
+def _parse_enveloped(raw: bytes) -> tuple[dict[str, Any], str | None, str | None] | Quarantine:
+    """(object, device_id, msg_id) of a JSON object with a known schema_version, or why not."""
+    try:
+        obj = _strict_json(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Quarantine(f"not JSON: {exc}"[:300])
+    if not isinstance(obj, dict):
+        return Quarantine(f"not a JSON object but {type(obj).__name__}")
+    dev, mid = _ids(obj)
+    problem = _version_problem(obj.get("schema_version"))
+    if problem:
+        return Quarantine(problem, dev, mid)
+    return obj, dev, mid
+
+
 def _pydantic_reason(exc: ValidationError) -> str:
     err = exc.errors(include_url=False)[0]
     where = ".".join(str(p) for p in err["loc"])
@@ -155,16 +170,10 @@ def check_detection(device: str, raw: bytes) -> DetectionMessage | Quarantine:
         det = Detection.model_validate_json(raw)
     except ValidationError as exc:
         # the slow path, only for refused messages: say the most useful reason
-        try:
-            obj = _strict_json(raw)
-        except (ValueError, UnicodeDecodeError) as jexc:
-            return Quarantine(f"not JSON: {jexc}"[:300])
-        if not isinstance(obj, dict):
-            return Quarantine(f"not a JSON object but {type(obj).__name__}")
-        dev, mid = _ids(obj)
-        problem = _version_problem(obj.get("schema_version"))
-        if problem:
-            return Quarantine(problem, dev, mid)
+        parsed = _parse_enveloped(raw)
+        if isinstance(parsed, Quarantine):
+            return parsed
+        _, dev, mid = parsed
         return Quarantine(_pydantic_reason(exc)[:300], dev, mid)
     if (b"NaN" in raw or b"Infinity" in raw):
         try:
@@ -184,16 +193,10 @@ def check_detection(device: str, raw: bytes) -> DetectionMessage | Quarantine:
 
 def check_json(kind: str, device: str, raw: bytes) -> JsonMessage | Quarantine:
     """A status, health or cmd/response payload against its JSON Schema."""
-    try:
-        obj = _strict_json(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return Quarantine(f"not JSON: {exc}"[:300])
-    if not isinstance(obj, dict):
-        return Quarantine(f"not a JSON object but {type(obj).__name__}")
-    dev, mid = _ids(obj)
-    problem = _version_problem(obj.get("schema_version"))
-    if problem:
-        return Quarantine(problem, dev, mid)
+    parsed = _parse_enveloped(raw)
+    if isinstance(parsed, Quarantine):
+        return parsed
+    obj, dev, mid = parsed
     try:
         _validator(JSON_SCHEMAS[kind])(obj)
     except fastjsonschema.JsonSchemaValueException as exc:

@@ -7,6 +7,7 @@ the CLI's exports and a future HTTP handler share one implementation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,19 +30,27 @@ class Filter:
     since: datetime | None = None
 
 
-def parse_bbox(raw: str | None) -> tuple[float, float, float, float] | None:
-    if raw is None:
-        return None
+def bbox_problem(raw: str) -> tuple[tuple[float, float, float, float] | None, str | None]:
+    """(the box, None) for ``minlon,minlat,maxlon,maxlat``, or (None, what is wrong with it)."""
     try:
         parts = [float(x) for x in raw.split(",")]
     except ValueError:
         parts = []
-    if len(parts) != 4:
-        raise UserError(f"--bbox '{raw}' must be minlon,minlat,maxlon,maxlat (four numbers)")
+    if len(parts) != 4 or not all(math.isfinite(p) for p in parts):
+        return None, "must be minlon,minlat,maxlon,maxlat (four finite numbers)"
     x0, y0, x1, y1 = parts
     if not (-180 <= x0 <= x1 <= 180 and -90 <= y0 <= y1 <= 90):
-        raise UserError(f"--bbox '{raw}': need -180 <= minlon <= maxlon <= 180 and -90 <= minlat <= maxlat <= 90")
-    return x0, y0, x1, y1
+        return None, "need -180 <= minlon <= maxlon <= 180 and -90 <= minlat <= maxlat <= 90"
+    return (x0, y0, x1, y1), None
+
+
+def parse_bbox(raw: str | None) -> tuple[float, float, float, float] | None:
+    if raw is None:
+        return None
+    box, problem = bbox_problem(raw)
+    if problem:
+        raise UserError(f"--bbox '{raw}': {problem}")
+    return box
 
 
 def parse_since(raw: str | None) -> datetime | None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -41,6 +40,7 @@ from office.condition import condition_index, rating
 from office.config import SegmentConfig
 from office.crack_queries import CHUNK, crack_midpoints
 from office.geo import FloatArray
+from office.grid import cells, new_blocks
 from office.lines import LocalFrame, frame_for, heading_diff_deg, line_wkt, parse_line, point_on_line
 from office.store.database import Database
 
@@ -100,13 +100,6 @@ class SegmentResult:
     new_bbox: tuple[float, float, float, float] | None = None
 
 
-def _cells(bbox: tuple[float, float, float, float], size: float) -> Iterable[tuple[int, int]]:
-    x0, y0, x1, y1 = bbox
-    for i in range(math.floor(x0 / size), math.floor(x1 / size) + 1):
-        for j in range(math.floor(y0 / size), math.floor(y1 / size) + 1):
-            yield i, j
-
-
 def _expand(lon: float, lat: float, metres: float) -> tuple[float, float, float, float]:
     dlat = metres / 111_000.0
     dlon = metres / (111_000.0 * max(0.05, math.cos(math.radians(lat))))
@@ -132,21 +125,16 @@ class SegmentBuilder:
 
     # -- index ----------------------------------------------------------------------------------
     def _index(self, st: SegState) -> None:
-        for cell in _cells(st.bbox(), GRID_DEG):
+        for cell in cells(st.bbox(), GRID_DEG):
             self.grid.setdefault(cell, set()).add(st.id)
 
     def _unindex(self, st: SegState) -> None:
-        for cell in _cells(st.bbox(), GRID_DEG):
+        for cell in cells(st.bbox(), GRID_DEG):
             self.grid.get(cell, set()).discard(st.id)
 
     def prefetch(self, bbox: tuple[float, float, float, float]) -> None:
         s = self.t.segments.c
-        for bx, by in _cells(bbox, BLOCK_DEG):
-            if (bx, by) in self.blocks:
-                continue
-            self.blocks.add((bx, by))
-            x0, y0 = bx * BLOCK_DEG, by * BLOCK_DEG
-            x1, y1 = x0 + BLOCK_DEG, y0 + BLOCK_DEG
+        for x0, y0, x1, y1 in new_blocks(bbox, BLOCK_DEG, self.blocks):
             for sid, geom, complete in self.conn.execute(select(s.id, s.geom, s.complete).where(
                     s.min_lat <= y1, s.min_lat >= y0 - MAX_SEGMENT_DEG, s.max_lat >= y0, s.min_lon <= x1,
                     s.max_lon >= x0)):
@@ -163,7 +151,7 @@ class SegmentBuilder:
         box = _expand(lon, lat, metres)
         self.prefetch(box)
         ids: set[int] = set()
-        for cell in _cells(box, GRID_DEG):
+        for cell in cells(box, GRID_DEG):
             ids |= self.grid.get(cell, set())
         return [self.states[i] for i in sorted(ids)]
 

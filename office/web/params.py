@@ -8,13 +8,12 @@ bounded ``limit`` so that no request makes the server build an unbounded answer.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import parse_qsl
 
-from office.query import Filter
+from office.query import Filter, bbox_problem
 
 MAX_QUERY_CHARS = 2048
 SEVERITIES = ("low", "medium", "high")
@@ -93,16 +92,10 @@ class Params:
         raw = self.text("bbox")
         if raw is None:
             return None
-        try:
-            parts = [float(x) for x in raw.split(",")]
-        except ValueError:
-            parts = []
-        if len(parts) != 4 or not all(math.isfinite(p) for p in parts):
-            raise BadRequest("bbox must be minlon,minlat,maxlon,maxlat (four finite numbers)")
-        x0, y0, x1, y1 = parts
-        if not (-180 <= x0 <= x1 <= 180 and -90 <= y0 <= y1 <= 90):
-            raise BadRequest("bbox: need -180 <= minlon <= maxlon <= 180 and -90 <= minlat <= maxlat <= 90")
-        return x0, y0, x1, y1
+        box, problem = bbox_problem(raw)
+        if problem:
+            raise BadRequest(f"bbox {problem}")
+        return box
 
     def since(self) -> datetime | None:
         raw = self.text("since")
