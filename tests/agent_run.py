@@ -13,10 +13,12 @@ import yaml
 DEVICE = "van-e2e"
 
 
-def write_config(tmp: Path, model_file: Path, source: str, url: str, **sections) -> Path:
+def write_config(tmp: Path, model_file: Path | None, source: str, url: str, device: str = DEVICE,
+                 **sections) -> Path:
+    """An agent YAML in ``tmp``; ``model_file`` None = the shipped bundle; ``sections`` merge into the defaults."""
     cfg = {
-        "device_id": DEVICE,
-        "model": {"path": str(model_file), "threads": 1},
+        "device_id": device,
+        "model": {"path": str(model_file) if model_file else None, "threads": 1},
         "camera": {"source": source, "realtime": False},
         "mqtt": {"url": url, "reconnect_min_s": 1, "reconnect_max_s": 1},
         "reporting": {"every_frame": True},

@@ -19,6 +19,7 @@ import yaml
 from edge_agent.agent.app import Agent
 from edge_agent.config.loader import load_config
 from edge_agent.video.synthetic import survey_frames
+from tests import agent_run
 
 DEVICE = "van-cmd"
 
@@ -33,22 +34,11 @@ def write_survey_folder(folder: Path, n: int, size=(480, 320)) -> Path:
 
 
 def write_config(tmp: Path, source: Path, url: str, **sections) -> Path:
-    cfg = {
-        "device_id": DEVICE,
-        "model": {"threads": 1},
-        "camera": {"source": str(source), "fps": 8, "realtime": True},
-        "measurement": {"gsd_mm_per_px": 1.0, "min_length_mm": 20},
-        "mqtt": {"url": url, "reconnect_min_s": 1, "reconnect_max_s": 1},
-        "reporting": {"every_frame": True},
-        "health": {"interval_s": 1.0},
-        "http": {"enabled": False},
-        "state_dir": str(tmp / "state"),
-    }
-    for key, value in sections.items():
-        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
-    path = tmp / "agent.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    defaults = {"camera": {"source": str(source), "fps": 8, "realtime": True},
+                "measurement": {"gsd_mm_per_px": 1.0, "min_length_mm": 20}}
+    for key, value in defaults.items():
+        sections[key] = {**value, **sections.get(key, {})}
+    return agent_run.write_config(tmp, None, str(source), url, device=DEVICE, **sections)
 
 
 def command(sub, name: str, body: dict) -> dict:
