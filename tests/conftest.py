@@ -163,3 +163,11 @@ def model_path(tmp_path_factory) -> Path:
     from tests.tiny_models import export_onnx, tiny_torch_model
 
     return export_onnx(tiny_torch_model(), tmp_path_factory.mktemp("model") / "tiny.onnx", None, threshold=0.5)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """An Ed25519 signing key and its public.pem (tests.bundles.make_keys), one pair per test module."""
+    from tests.bundles import make_keys
+
+    return make_keys(tmp_path_factory.mktemp("keys"))

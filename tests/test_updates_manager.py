@@ -29,7 +29,6 @@ from tests.bundles import (
     SERVICE_HW,
     build_archive,
     flip_byte,
-    make_keys,
     sha256_of,
     tiny_onnx,
 )
@@ -93,11 +92,6 @@ class Harness:
 @pytest.fixture(autouse=True)
 def _file_root(tmp_path_factory, monkeypatch) -> None:
     monkeypatch.setattr(Harness, "file_root", tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    return make_keys(tmp_path_factory.mktemp("keys"))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.bundle import pack_archive
 from edge_agent.updates.audit import AuditLog
@@ -22,17 +21,11 @@ from tests.bundles import (
     build_archive,
     build_bundle,
     flip_byte,
-    make_keys,
     tiny_onnx,
 )
 
 
 # -- fixtures ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory) -> tuple[Ed25519PrivateKey, Path]:
-    return make_keys(tmp_path_factory.mktemp("keys"))
-
-
 @pytest.fixture(scope="module")
 def archives(tmp_path_factory, keys) -> dict[str, Path]:
     key, _ = keys
