@@ -95,6 +95,14 @@ def _add_input_dtype(p: argparse.ArgumentParser) -> None:
                         "network (the runtime normalises, output logits). Default %(default)s")
 
 
+def _add_export(p: argparse.ArgumentParser, out_help: str) -> None:
+    """The arguments every single-format export shares."""
+    _add_source(p)
+    p.add_argument("--out", type=Path, required=True, help=out_help)
+    p.add_argument("--input-size", type=_size, default=(320, 480), help="HxW, multiple of 16 (default 320x480)")
+    _add_input_dtype(p)
+
+
 def _parser_steps(sub) -> None:
     from converters import commands as c
 
@@ -120,10 +128,7 @@ def _parser_steps(sub) -> None:
     p.set_defaults(func=c.cmd_finetune)
 
     p = sub.add_parser("export-onnx", help="fp32 ONNX at a fixed input size, BN folded, contract inside")
-    _add_source(p)
-    p.add_argument("--out", type=Path, required=True, help=".onnx file to write")
-    p.add_argument("--input-size", type=_size, default=(320, 480), help="HxW, multiple of 16 (default 320x480)")
-    _add_input_dtype(p)
+    _add_export(p, ".onnx file to write")
     p.set_defaults(func=c.cmd_export_onnx)
 
     p = sub.add_parser("quantize-onnx", help="static INT8 QDQ (per-channel, MinMax) with image calibration")
@@ -141,10 +146,7 @@ def _parser_steps(sub) -> None:
     p.set_defaults(func=c.cmd_quantize_onnx)
 
     p = sub.add_parser("export-tflite", help="fp32 TFLite (litert-torch); with --calib also full-INT8")
-    _add_source(p)
-    p.add_argument("--out", type=Path, required=True, help="fp32 .tflite to write")
-    p.add_argument("--input-size", type=_size, default=(320, 480), help="HxW, multiple of 16 (default 320x480)")
-    _add_input_dtype(p)
+    _add_export(p, "fp32 .tflite to write")
     p.add_argument("--calib", type=Path, nargs="+", help="calibration images: also write the INT8 model")
     p.add_argument("--calib-count", type=int, default=_d("calib_count"),
                    help="calibration frames (default %(default)s)")

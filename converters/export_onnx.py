@@ -89,18 +89,16 @@ def export_onnx(module, out_path: str | Path, contract: InferenceContract,
     import onnx
     import torch
 
-    check_input_size(input_size, contract.stride)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    module.eval()
     if frame_input:
-        from converters.frame_model import frame_contract, frame_input_model, sample_frame
+        from converters.frame_model import export_graph
 
-        graph = frame_input_model(module, contract, input_size, "uint8")
-        sample = sample_frame(input_size, "uint8")
+        graph, sample, contract = export_graph(module, contract, input_size, out_path, "uint8")
         names = ([FRAME_INPUT_NAME], [FRAME_OUTPUT_NAME])
-        contract = frame_contract(contract, input_size)
     else:
+        check_input_size(input_size, contract.stride)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        module.eval()
         graph, sample, names = module, torch.zeros(1, 3, *input_size), ([INPUT_NAME], [OUTPUT_NAME])
         contract = contract.model_copy(update={"input_size": tuple(input_size), "layout": "NCHW",
                                                "input_dtype": "float32", "output": "logits"})

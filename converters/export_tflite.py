@@ -81,17 +81,16 @@ def export_tflite_fp32(module, out_path: str | Path, contract: InferenceContract
     if isinstance(module, torch.jit.ScriptModule):
         raise ConvertError("TFLite export needs an eager PyTorch model (checkpoint, state_dict or .pt2); "
                            "TorchScript cannot be converted by litert-torch")
-    check_input_size(input_size, contract.stride)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    module.eval()
     if frame_input:
-        from converters.frame_model import frame_contract, frame_input_model, sample_frame
+        from converters.frame_model import export_graph
 
-        wrapped = frame_input_model(module, contract, input_size, "float32")
-        sample = (sample_frame(input_size, "float32"),)
-        contract = frame_contract(contract, input_size)
+        wrapped, frame, contract = export_graph(module, contract, input_size, out_path, "float32")
+        sample = (frame,)
     else:
+        check_input_size(input_size, contract.stride)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        module.eval()
         wrapped = litert_torch.to_channel_last_io(module, args=[0], outputs=[0]).eval()
         sample = (torch.zeros(1, input_size[0], input_size[1], 3),)
         contract = contract.model_copy(update={"input_dtype": "float32", "output": "logits"})

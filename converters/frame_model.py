@@ -184,3 +184,18 @@ def sample_frame(input_size: tuple[int, int], input_dtype: str = "uint8"):
 
     dtype = torch.uint8 if input_dtype == "uint8" else torch.float32
     return torch.zeros(1, int(input_size[0]), int(input_size[1]), 3, dtype=dtype)
+
+
+def export_graph(module, contract: InferenceContract, input_size: tuple[int, int], out_path: Any,
+                 input_dtype: str) -> tuple[Any, Any, InferenceContract]:
+    """What every exporter does first for a frame-input graph: check the size, make the output
+    folder, put the model in eval mode, wrap it to take frames; (graph, sample frame, contract)."""
+    from pathlib import Path
+
+    from converters.export_onnx import check_input_size
+
+    check_input_size(input_size, contract.stride)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    module.eval()
+    return (frame_input_model(module, contract, input_size, input_dtype), sample_frame(input_size, input_dtype),
+            frame_contract(contract, input_size))
