@@ -42,7 +42,7 @@ class Segmented:
     """One frame after inference, on its way to measurement and publishing."""
 
     frame: Frame
-    prob: np.ndarray
+    prob: np.ndarray  # float32 0-1, or uint8 0-255 straight from a full-integer model
     mask: np.ndarray
     inference_ms: float
     model: dict  # ModelInfo.to_dict() of the model that produced it, with the threshold of this mask
@@ -128,7 +128,8 @@ class InferenceStage(threading.Thread):
     def _segment(self, frame: Frame, worker: int) -> Segmented | _Failed:
         active, runner = self.model.for_worker(worker)
         try:
-            prob = runner.probabilities(frame.image)
+            threshold = active.threshold  # read once: the mask and the report must agree
+            prob, mask = runner.probability_and_mask(frame.image, threshold)
         except FrameError as exc:
             self.stats.add("frame_errors")
             log.warning("frame %d skipped: %s", frame.index, exc)
@@ -141,8 +142,7 @@ class InferenceStage(threading.Thread):
             return self._count_failure()
         ms = runner.last_inference_ms
         self.stats.inference_ok(ms)
-        threshold = active.threshold  # read once: the mask and the report must agree
-        return Segmented(frame, prob, prob >= threshold, ms, {**active.info.to_dict(), "threshold": threshold})
+        return Segmented(frame, prob, mask, ms, {**active.info.to_dict(), "threshold": threshold})
 
     def _count_failure(self) -> _Failed:
         with self._lock:

@@ -28,6 +28,7 @@ from edge_agent.detectors.choice import BackendChoice
 from edge_agent.detectors.errors import BackendUnavailableError, ModelError
 from edge_agent.detectors.plan import FramePlan, choose_plan, gsd_scale
 from edge_agent.detectors.preprocess import InputAdapter, pad_to
+from edge_agent.detectors.quantized import probability_and_mask
 from edge_agent.errors import UserError
 
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
@@ -241,6 +242,39 @@ class Segmenter:
     def segment(self, frame: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Boolean crack mask at the frame's size."""
         return self.probabilities(frame) >= (self.threshold if threshold is None else threshold)
+
+    def probability_and_mask(self, frame: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """(probability map, boolean mask) at the frame's size: what the agent measures.
+
+        A whole frame on a full-integer artifact whose output is a probability skips the float
+        map: the mask comes from the model's 8-bit codes by table (the same pixels as
+        ``probabilities() >= threshold``) and the map is uint8 0-255. Otherwise the map is
+        ``probabilities()`` (float32 0-1).
+        """
+        frame = as_bgr_frame(frame)
+        h, w = frame.shape[:2]
+        plan = self.plan_for(h, w)
+        art = self.artifacts[plan.artifact]
+        if plan.strategy != "full" or plan.resampled or self.contract.output != "probabilities":
+            prob = self.probabilities(frame)
+            return prob, prob >= threshold
+        backend, adapter = art.backend, art.adapter
+        run_quantized = getattr(backend, "run_quantized", None)
+        quantization = getattr(backend, "output_quantization", None)
+        if run_quantized is None or quantization is None:
+            prob = self.probabilities(frame)
+            return prob, prob >= threshold
+        t0 = time.perf_counter()
+        if self.info.path != str(art.path):
+            self._describe(art, backend)
+        ih, iw = plan.input_size
+        raw = np.asarray(run_quantized(adapter.prepare(pad_to(frame, ih, iw))))
+        hw = raw.shape[-3:-1] if raw.ndim >= 3 and raw.shape[-1] == 1 else raw.shape[-2:]
+        scale, zero_point = quantization
+        prob, mask = probability_and_mask(raw.reshape(hw)[:h, :w], scale, zero_point, threshold)
+        self.last_inference_ms = (time.perf_counter() - t0) * 1000.0
+        self.last_plan = plan
+        return prob, mask
 
 
 # -- opening ---------------------------------------------------------------------------------

@@ -89,14 +89,25 @@ class TFLiteBackend:
         q = np.round(batch.astype(np.float32) / self._in_scale + self._in_zero)
         return np.clip(q, info.min, info.max).astype(self._in_dtype)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    @property
+    def output_quantization(self) -> tuple[float, int] | None:
+        """(scale, zero point) of an 8-bit output tensor; None for a float output."""
+        if self._out["dtype"] in (np.int8, np.uint8) and self._out_scale:
+            return float(self._out_scale), int(self._out_zero)
+        return None
+
+    def run_quantized(self, batch: np.ndarray) -> np.ndarray:
+        """The output tensor as the model computed it (8-bit codes, not dequantized)."""
         if np.issubdtype(self._in_dtype, np.integer):
             batch = self._quantize(batch)
         else:
             batch = batch.astype(self._in_dtype, copy=False)
         self.interpreter.set_tensor(self._in["index"], batch)
         self.interpreter.invoke()
-        out = self.interpreter.get_tensor(self._out["index"])
+        return self.interpreter.get_tensor(self._out["index"])
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        out = self.run_quantized(batch)
         if np.issubdtype(out.dtype, np.integer) and self._out_scale:
             out = (out.astype(np.float32) - self._out_zero) * self._out_scale
         return out
