@@ -135,7 +135,10 @@ def _bridge_pixels(labels: np.ndarray, gap_px: int, window: tuple[int, int, int,
     """Pixels of ``window`` (x0, y0, x1, y1, exclusive) within ``gap_px`` of two different labels.
 
     A max filter and a min filter over the labels differ exactly where the window sees two
-    labels (background counts as 0 for the max and as +inf for the min).
+    labels (background counts as 0 for the max and as +inf for the min). Outside the frame is
+    background too: OpenCV's default border for a float erosion is FLT_MAX, which is finite,
+    so every background pixel near the frame edge with no label around became a bridge pixel,
+    and strips of them along the edge were measured as cracks of area 0.
     """
     h, w = labels.shape
     x0, y0, x1, y1 = window
@@ -143,7 +146,8 @@ def _bridge_pixels(labels: np.ndarray, gap_px: int, window: tuple[int, int, int,
     crop = labels[cy0:cy1, cx0:cx1].astype(np.float32)
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * gap_px + 1, 2 * gap_px + 1))
     high = cv2.dilate(crop, kernel)
-    low = cv2.erode(np.where(crop == 0, np.float32(np.inf), crop), kernel)
+    low = cv2.erode(np.where(crop == 0, np.float32(np.inf), crop), kernel,
+                    borderType=cv2.BORDER_CONSTANT, borderValue=float("inf"))
     bridge = (high != low) & np.isfinite(low)
     return bridge[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
 
