@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -104,6 +105,17 @@ def compose_frame(image: np.ndarray, mask: np.ndarray, size: tuple[int, int]) ->
     return np.ascontiguousarray(image[y:y + fh, x:x + fw]), np.ascontiguousarray(mask[y:y + fh, x:x + fw])
 
 
+def predict_renormalized(predict, image: np.ndarray, scale: float) -> np.ndarray:
+    """What a runtime that resamples frames to the model's ground resolution would output:
+    the frame (taken at ``scale``) is resampled by ``1 / scale`` back to the training
+    resolution, segmented, and the probability map is resized (bilinear) to the frame."""
+    if scale == 1.0:
+        return predict(image)
+    h, w = image.shape[:2]
+    prob = predict(resample_image(image, 1.0 / scale))
+    return cv2.resize(prob.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 # -- model -----------------------------------------------------------------------------
 def load_checkpoint(path: Path):
     from reference_model.network import build_reference_model
@@ -128,13 +140,15 @@ def load_val(folder: Path, split: str = "val", limit: int = 0) -> tuple[str, lis
 def sweep_model(predict, sets: dict[str, list], scales: list[float], frame: tuple[int, int] | None,
                 threshold: float, width_thresholds: list[float], width_sets: set[str] | None = None,
                 grid: np.ndarray = GRID, log=print, frame_limit: int = 0,
-                base_width_thresholds: list[float] | None = None) -> list[dict]:
+                base_width_thresholds: list[float] | None = None, renormalize: bool = False) -> list[dict]:
     """One row per (set, layout, scale): scores at ``threshold`` and over ``grid``, widths.
 
     ``predict(image) -> prob`` is the model; widths of predictions are measured at every
     threshold in ``width_thresholds`` (only for sets in ``width_sets`` when given; the other
     sets at ``base_width_thresholds``, default the detection threshold). The frame
     layout uses the first ``frame_limit`` images of each set when given (frames cost ~7x more).
+    With ``renormalize`` every frame is resampled back to the training resolution before the
+    model sees it (``predict_renormalized``), imitating a runtime that knows both resolutions.
     """
     grid = np.unique(np.round(np.concatenate([grid, [threshold]]), 3))
     ti = int(np.flatnonzero(np.isclose(grid, round(threshold, 3)))[0])
@@ -155,7 +169,7 @@ def sweep_model(predict, sets: dict[str, list], scales: list[float], frame: tupl
                     img, m = resample_pair(image, mask, s)
                     if layout == "frame":
                         img, m = compose_frame(img, m, frame)
-                    prob = predict(img)
+                    prob = predict_renormalized(predict, img, s) if renormalize else predict(img)
                     sweep.add(prob, m)
                     if do_w:
                         label_w.add_widths(mask_widths(m))
@@ -196,22 +210,60 @@ def choose_threshold(rows: list[dict], layout: str | None = "native") -> tuple[f
     return float(best), mean[best]
 
 
-def choose_width_threshold(rows: list[dict], set_name: str, layout: str = "native") -> dict | None:
-    """Width threshold whose median predicted width best matches the labels' on ``set_name``:
-    least mean |pred - label| over the scales (ties: the one closest at scale 1)."""
+def choose_width_threshold(rows: list[dict], set_name: str, layout: str = "native", scale: float = 1.0) -> dict | None:
+    """Width threshold whose median predicted width best matches the labels' on ``set_name``.
+
+    Judged at ``scale`` (default 1: the labels as drawn, pixel-accurate; resampled labels are
+    synthetic), ties broken by the mean |pred - label| over all scales, which is reported too.
+    """
     sub = [r for r in rows if r["set"] == set_name and r["layout"] == layout and r["pred_width_px"]
            and r["label_width_px"] is not None]
-    if not sub:
+    at = [r for r in sub if r["scale"] == scale]
+    if not at:
         return None
-    keys = [k for k in sub[0]["pred_width_px"] if all(r["pred_width_px"][k] is not None for r in sub)]
+    keys = [k for k in at[0]["pred_width_px"] if all(r["pred_width_px"].get(k) is not None for r in sub)]
     if not keys:
         return None
     err = {k: float(np.mean([abs(r["pred_width_px"][k] - r["label_width_px"]) for r in sub])) for k in keys}
-    at1 = [r for r in sub if r["scale"] == 1.0]
-    err1 = {k: (at1[0]["pred_width_px"][k] - at1[0]["label_width_px"]) if at1 else None for k in keys}
-    best = min(keys, key=lambda k: (round(err[k], 3), abs(err1[k]) if err1[k] is not None else 0))
-    return {"set": set_name, "width_threshold": float(best), "mean_abs_error_px": err[best],
-            "error_at_scale_1_px": err1[best], "mean_abs_error_by_threshold": err}
+    err_at = {k: at[0]["pred_width_px"][k] - at[0]["label_width_px"] for k in keys}
+    best = min(keys, key=lambda k: (round(abs(err_at[k]), 3), err[k]))
+    return {"set": set_name, "scale": scale, "width_threshold": float(best), "error_px": round(err_at[best], 4),
+            "mean_abs_error_over_scales_px": round(err[best], 4),
+            "error_by_threshold_px": {k: round(v, 4) for k, v in err_at.items()},
+            "mean_abs_error_over_scales_by_threshold_px": {k: round(v, 4) for k, v in err.items()}}
+
+
+def robust_range(rows: list[dict], set_name: str, layout: str = "native", tol: float = 0.03,
+                 reference: str = "best", threshold_key: str | None = None) -> dict | None:
+    """Scale interval (contiguous with the reference scale, linear interpolation in log-scale
+    between tested scales) over which F1 stays within ``tol`` of the best cell's F1
+    (``reference="best"``) or of the scale-1 F1 (``reference="1"``). An end that is a tested
+    extreme is open: F1 may hold further than was measured."""
+    sub = sorted((r for r in rows if r["set"] == set_name and r["layout"] == layout), key=lambda r: r["scale"])
+    if not sub:
+        return None
+
+    def f1(r):
+        return r["f1_by_threshold"][threshold_key] if threshold_key else r["f1"]
+
+    scales = [r["scale"] for r in sub]
+    vals = [f1(r) for r in sub]
+    ref_i = int(np.argmax(vals)) if reference == "best" else scales.index(1.0)
+    floor = vals[ref_i] - tol
+
+    def walk(step):
+        i = ref_i
+        while 0 <= i + step < len(sub) and vals[i + step] >= floor:
+            i += step
+        if not 0 <= i + step < len(sub):
+            return scales[i], True
+        a, b = math.log(scales[i]), math.log(scales[i + step])
+        frac = (vals[i] - floor) / (vals[i] - vals[i + step])
+        return round(math.exp(a + frac * (b - a)), 3), False
+
+    (lo, lo_open), (hi, hi_open) = walk(-1), walk(1)
+    return {"set": set_name, "reference": reference, "reference_scale": scales[ref_i],
+            "reference_f1": vals[ref_i], "tol": tol, "low": lo, "low_open": lo_open, "high": hi, "high_open": hi_open}
 
 
 def summary(rows: list[dict]) -> dict:
@@ -221,6 +273,11 @@ def summary(rows: list[dict]) -> dict:
         sub = [r for r in rows if r["layout"] == layout]
         out[f"mean_f1_{layout}"] = float(np.mean([r["f1"] for r in sub]))
         out[f"worst_f1_{layout}"] = float(np.min([r["f1"] for r in sub]))
+    native = [r for r in rows if r["layout"] == "native"]
+    out["scale_1_mean_f1"] = float(np.mean([r["f1"] for r in native if r["scale"] == 1.0] or [float("nan")]))
+    if any(r["scale"] == 1.0 for r in native):
+        out["robust_range_0.03"] = [robust_range(rows, n, "native", 0.03, ref)
+                                    for n in sorted({r["set"] for r in native}) for ref in ("best", "1")]
     return out
 
 
@@ -249,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="val")
     ap.add_argument("--scales", default="0.5,0.75,1,1.5,2,2.5")
     ap.add_argument("--frame", default="", help="also score HxW mirror-tiled frames, e.g. 720x1280")
+    ap.add_argument("--renormalize", action="store_true",
+                    help="resample each scaled image back to the training resolution before segmenting "
+                         "(what a GSD-aware runtime would do) and resize the probabilities to the frame")
     ap.add_argument("--frame-limit", type=int, default=0, help="frames of only the first N images per set")
     ap.add_argument("--threshold", type=float, help="detection threshold (default: the checkpoint's)")
     ap.add_argument("--width-thresholds", default="",
@@ -281,8 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = sweep_model(predict, sets, parse_floats(args.scales), frame, threshold, width_ts,
                        set(args.width_sets.split(",")) if args.width_sets else None,
                        log=lambda m: print(m, flush=True), frame_limit=args.frame_limit,
-                       base_width_thresholds=base_wts)
+                       base_width_thresholds=base_wts, renormalize=args.renormalize)
     result = {"checkpoint": str(args.checkpoint), "threshold": threshold, "width_threshold": width_t,
+              "renormalize": args.renormalize,
               "split": args.split, "scales": parse_floats(args.scales), "frame": list(frame) if frame else None,
               "command": " ".join(["python -m reference_model.scale_eval"] + (argv if argv is not None else sys.argv[1:])),
               "summary": summary(rows), "rows": rows, "minutes": round((time.time() - t0) / 60, 2)}

@@ -117,5 +117,50 @@ def test_width_threshold_choice_matches_label_widths():
     rows = sweep_model(predict, {"toy": [scene(width=4)]}, [1.0, 2.0], None, threshold=0.5,
                        width_thresholds=[0.5, 0.8], log=lambda m: None)
     chosen = choose_width_threshold(rows, "toy")
-    assert chosen["width_threshold"] == 0.8 and chosen["mean_abs_error_px"] < 0.5
-    assert chosen["mean_abs_error_by_threshold"]["0.500"] > 3
+    assert chosen["width_threshold"] == 0.8 and abs(chosen["error_px"]) < 0.5
+    assert chosen["mean_abs_error_over_scales_px"] < 0.5
+    assert chosen["error_by_threshold_px"]["0.500"] > 3
+
+
+def test_robust_range_interpolates_between_tested_scales():
+    from reference_model.scale_eval import robust_range
+
+    f1 = {0.5: 0.80, 1.0: 0.79, 2.0: 0.70, 4.0: 0.60}
+    rows = [{"set": "s", "layout": "native", "scale": s, "f1": v} for s, v in f1.items()]
+    r = robust_range(rows, "s", tol=0.03)
+    assert r["reference_scale"] == 0.5 and r["low"] == 0.5 and r["low_open"]
+    # 0.77 is reached 2/9 of the way (in log-scale) from 1 to 2
+    assert r["high"] == pytest.approx(2 ** (2 / 9), abs=1e-3) and not r["high_open"]
+    r1 = robust_range(rows, "s", tol=0.03, reference="1")
+    assert r1["reference_scale"] == 1.0 and r1["low"] == 0.5 and r1["high"] == pytest.approx(2 ** (1 / 3), abs=1e-3)
+
+
+def test_renormalized_prediction_runs_the_model_at_training_resolution():
+    from reference_model.scale_eval import predict_renormalized
+
+    seen = []
+
+    def predict(img):
+        seen.append(img.shape[:2])
+        return np.where(img[..., 0] < 100, 0.9, 0.1).astype(np.float32)
+
+    img, mask = scene()
+    big, big_mask = resample_image(img, 2.0), resample_mask(mask, 2.0)
+    prob = predict_renormalized(predict, big, 2.0)
+    assert seen[-1] == (120, 160) and prob.shape == big.shape[:2]
+    rows = sweep_model(predict, {"toy": [(img, mask)]}, [0.5, 2.0], None, threshold=0.5, width_thresholds=[],
+                       log=lambda m: None, renormalize=True)
+    assert all(r["f1"] > 0.95 for r in rows)
+
+
+def test_weight_average_is_elementwise_and_refuses_other_architectures():
+    import torch
+
+    from reference_model.average import average_state
+
+    fine = {"w": torch.ones(2, 2), "n": torch.tensor(5)}
+    base = {"w": torch.zeros(2, 2), "n": torch.tensor(3)}
+    out = average_state(fine, base, 0.25)
+    assert torch.allclose(out["w"], torch.full((2, 2), 0.25)) and int(out["n"]) == 5
+    with pytest.raises(ValueError):
+        average_state(fine, {"w": torch.zeros(3)}, 0.5)
