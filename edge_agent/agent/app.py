@@ -97,7 +97,9 @@ class Agent:
         self.comms: Communicator | None = None
         self.registry: CommandRegistry | None = None
         self.reporter: Reporter | None = None
-        self.segmented: queue.Queue[Segmented | object] = queue.Queue(maxsize=8)
+        # Frames between inference and measurement: two are enough to keep both busy; more only
+        # add latency and memory (a 720p frame with its maps is ~4.5 MB).
+        self.segmented: queue.Queue[Segmented | object] = queue.Queue(maxsize=2)
         self.inference: InferenceStage | None = None
         self.report: ReportStage | None = None
         self.health: HealthCollector | None = None
