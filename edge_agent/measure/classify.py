@@ -38,10 +38,16 @@ def count_loops(mask_padded: np.ndarray, min_area_px: float) -> int:
 
     Hole area is the polygon through the crack pixels around it, so a 1-px hole measures ~2.
     """
-    contours, hierarchy = cv2.findContours(mask_padded.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    contours, hierarchy = cv2.findContours(mask_padded.astype(np.uint8, copy=False), cv2.RETR_CCOMP,
+                                           cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
         return 0
-    holes = [c for c, h in zip(contours, hierarchy[0]) if h[3] != -1]
+    return count_holes([c for c, h in zip(contours, hierarchy[0]) if h[3] != -1], min_area_px)
+
+
+def count_holes(holes: list[np.ndarray], min_area_px: float) -> int:
+    """``count_loops`` from hole borders already traced (``RETR_CCOMP``, ``CHAIN_APPROX_SIMPLE``:
+    the frame-wide pass that boxes the cracks traces them all at once)."""
     return sum(1 for c in holes if cv2.contourArea(c) >= min_area_px)
 
 
@@ -49,30 +55,25 @@ def count_branch_points(skel: Skeleton, degree: np.ndarray | None = None) -> int
     """Junctions of the skeleton: clusters of touching pixels with three or more neighbours.
 
     Where branches meet, a thin skeleton often has two or three adjacent pixels of degree 3;
-    they are one junction.
+    they are one junction. The clusters are the connected components of the junction pixels,
+    found by spreading the smallest index over the neighbour table until nothing changes (a
+    cluster is a few pixels across, so a few vectorised passes).
     """
     if degree is None:
         degree = skel.degree()
-    junctions = skel.idx[degree >= 3]
+    junctions = np.flatnonzero(degree >= 3)
     if junctions.size <= 1:
         return int(junctions.size)
-    parent = list(range(junctions.size))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for off in skel.offsets:
-        targets = junctions + off
-        pos = np.searchsorted(junctions, targets).clip(max=junctions.size - 1)
-        hit = junctions[pos] == targets
-        for a, b in zip(np.flatnonzero(hit).tolist(), pos[hit].tolist()):
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                parent[ra] = rb
-    return len({find(i) for i in range(junctions.size)})
+    rank = np.full(skel.size + 1, junctions.size, dtype=np.int64)  # last slot: what "no neighbour" reads
+    rank[junctions] = np.arange(junctions.size)
+    touching = rank[skel.neighbours()[junctions]]  # junction rank of each neighbour, or junctions.size
+    label = np.arange(junctions.size + 1)  # the last one (no junction) is never the smallest
+    while True:
+        spread = np.minimum(label[:-1], label[touching].min(axis=1))
+        if (spread == label[:-1]).all():
+            break
+        label[:-1] = spread
+    return int(np.count_nonzero(label[:-1] == np.arange(junctions.size)))
 
 
 def classify_crack(orientation_deg: float, travel_axis: TravelAxis, loops: int, branch_points: int,

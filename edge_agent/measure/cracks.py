@@ -1,19 +1,15 @@
 """From a binary crack mask to one ``CrackMeasurement`` per crack, in real units.
 
 Runs on every frame next to inference on a small CPU, so the frame is touched only by a few
-OpenCV passes (connected components, gap bridging); everything else works on each crack's own
-bounding box and pixels (see ``geometry``). An empty mask costs one ``countNonZero``.
-
-A crack is a connected component of the mask once gaps of up to ``gap_close_px`` between two
-pieces are bridged, so a crack that the model broke by a gap of one or two pixels stays one
-crack. The bridge is a targeted closing: only pixels within the gap distance of two different
-pieces are added (a morphological closing misses oblique gaps in thin cracks and changes the
-crack's outline, which the width measurement would see).
+OpenCV passes (the cracks, their gaps bridged, come from ``components``); everything else
+works on each crack's own bounding box and pixels (see ``geometry``), in work arrays that the
+measurer keeps from frame to frame. An empty mask costs one ``countNonZero``.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -26,8 +22,10 @@ from edge_agent.measure.classify import (
     CrackType,
     classify_crack,
     count_branch_points,
+    count_holes,
     count_loops,
 )
+from edge_agent.measure.components import Components, Scratch, join_gaps
 from edge_agent.measure.severity import Severity, classify_severity
 
 SPUR_MARGIN_PX = 2  # spurs up to the crack's half-width plus this are pruned (geometry.prune_spurs)
@@ -114,84 +112,19 @@ def _as_probability(prob: np.ndarray | None, shape: tuple[int, int]) -> np.ndarr
     return prob.reshape(shape)
 
 
-def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    """8-connected components with their boxes and areas.
-
-    16-bit labels are several times faster than 32-bit ones in OpenCV's labelling with
-    statistics; OpenCV refuses (instead of wrapping) when a pathological mask has more than
-    65535 components, and then the 32-bit path runs.
-    """
-    try:
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_16U)
-    except cv2.error:
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
-    return n, labels, stats
-
-
-MAX_BRIDGE_WINDOWS = 256  # beyond this many close pairs (a very noisy mask) one frame-wide pass is cheaper
-
-
-def _bridge_pixels(labels: np.ndarray, gap_px: int, window: tuple[int, int, int, int]) -> np.ndarray:
-    """Pixels of ``window`` (x0, y0, x1, y1, exclusive) within ``gap_px`` of two different labels.
-
-    A max filter and a min filter over the labels differ exactly where the window sees two
-    labels (background counts as 0 for the max and as +inf for the min). Outside the frame is
-    background too: OpenCV's default border for a float erosion is FLT_MAX, which is finite,
-    so every background pixel near the frame edge with no label around became a bridge pixel,
-    and strips of them along the edge were measured as cracks of area 0.
-    """
-    h, w = labels.shape
-    x0, y0, x1, y1 = window
-    cx0, cy0, cx1, cy1 = max(x0 - gap_px, 0), max(y0 - gap_px, 0), min(x1 + gap_px, w), min(y1 + gap_px, h)
-    crop = labels[cy0:cy1, cx0:cx1].astype(np.float32)
-    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * gap_px + 1, 2 * gap_px + 1))
-    high = cv2.dilate(crop, kernel)
-    low = cv2.erode(np.where(crop == 0, np.float32(np.inf), crop), kernel,
-                    borderType=cv2.BORDER_CONSTANT, borderValue=float("inf"))
-    bridge = (high != low) & np.isfinite(low)
-    return bridge[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
-
-
-def join_gaps(mask: np.ndarray, gap_px: int) -> tuple[int, np.ndarray, np.ndarray]:
-    """Components of ``mask`` (0/1 uint8) once gaps of up to ``gap_px`` pixels (chessboard
-    distance, so in any direction) between two pieces are bridged: ``(n, labels, stats)``.
-
-    Only pixels within ``gap_px`` of two different pieces are added, so the outline of a crack
-    is untouched elsewhere. They can only lie where the two pieces' boxes, grown by the gap,
-    overlap: only those windows are searched, and the mask is labelled a second time only when
-    a bridge was found.
-    """
-    n, labels, stats = _components(mask)
-    if gap_px <= 0 or n <= 2:
-        return n, labels, stats
-    h, w = mask.shape
-    x0 = stats[1:, cv2.CC_STAT_LEFT] - gap_px
-    y0 = stats[1:, cv2.CC_STAT_TOP] - gap_px
-    x1 = stats[1:, cv2.CC_STAT_LEFT] + stats[1:, cv2.CC_STAT_WIDTH] + gap_px
-    y1 = stats[1:, cv2.CC_STAT_TOP] + stats[1:, cv2.CC_STAT_HEIGHT] + gap_px
-    close = ((x0[:, None] < x1[None, :]) & (x0[None, :] < x1[:, None])
-             & (y0[:, None] < y1[None, :]) & (y0[None, :] < y1[:, None]))
-    pairs = np.argwhere(np.triu(close, k=1))
-    if not len(pairs):
-        return n, labels, stats
-    if len(pairs) > MAX_BRIDGE_WINDOWS:
-        bridge = _bridge_pixels(labels, gap_px, (0, 0, w, h))
-    else:
-        bridge = np.zeros(mask.shape, dtype=bool)
-        for i, j in pairs.tolist():
-            win = (max(x0[i], x0[j], 0), max(y0[i], y0[j], 0), min(x1[i], x1[j], w), min(y1[i], y1[j], h))
-            if win[0] < win[2] and win[1] < win[3]:
-                bridge[win[1]:win[3], win[0]:win[2]] |= _bridge_pixels(labels, gap_px, win)
-    if not bridge.any():
-        return n, labels, stats
-    return _components(mask | bridge.view(np.uint8))
-
-
 class CrackMeasurer:
-    """Measures every crack of a mask with one configuration (reuse it across frames)."""
+    """Measures every crack of a mask with one configuration (reuse it across frames: it keeps
+    its frame- and crop-sized work arrays, one set per thread, from one frame to the next)."""
 
     def __init__(self, config: MeasurementConfig | None = None):
         self.config = config or MeasurementConfig()
+        self._local = threading.local()
+
+    def _scratch(self) -> Scratch:
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = Scratch()
+        return scratch
 
     def measure(self, mask: np.ndarray, probability: np.ndarray | None = None) -> list[CrackMeasurement]:
         """Cracks of one frame, longest first, at most ``max_cracks_per_frame``.
@@ -205,44 +138,63 @@ class CrackMeasurer:
         if not cv2.countNonZero(m):
             return []
         cfg = self.config
-        n, labels, stats = join_gaps(m, cfg.gap_close_px)
-        if n <= 1:
+        scratch = self._scratch()
+        comps = join_gaps(m, cfg.gap_close_px, scratch)
+        if comps.n <= 1:
             return []
         # A skeleton has at most one step per pixel, so area x the longest step bounds the length:
-        # components that cannot reach min_length_mm are dropped before any per-crack work.
+        # components that cannot reach min_length_mm are dropped before any per-crack work (and
+        # those whose box has too few pixels before their pixels are even counted).
         gx, gy = cfg.gsd_x, cfg.gsd_y
-        areas = stats[1:, cv2.CC_STAT_AREA]
-        candidates = np.flatnonzero(areas * math.hypot(gx, gy) >= cfg.min_length_mm) + 1
-        candidates = candidates[np.argsort(-areas[candidates - 1], kind="stable")]
+        step = math.hypot(gx, gy)
+        boxes = comps.stats[1:, cv2.CC_STAT_WIDTH].astype(np.int64) * comps.stats[1:, cv2.CC_STAT_HEIGHT]
+        candidates = np.flatnonzero(boxes * step >= cfg.min_length_mm) + 1
+        areas = comps.areas(candidates, scratch)
+        keep = areas * step >= cfg.min_length_mm
+        candidates = candidates[keep][np.argsort(-areas[keep], kind="stable")]
         candidates = candidates[: 2 * cfg.max_cracks_per_frame]  # bounded work on a noisy mask
         cracks = []
         for label in candidates.tolist():
-            crack = self._measure_one(m, labels, stats[label], label, prob)
+            crack = self._measure_one(m, comps, label, prob, scratch)
             if crack is not None:
                 cracks.append(crack)
         cracks.sort(key=lambda c: -c.length_mm)
         return cracks[: cfg.max_cracks_per_frame]
 
-    def _measure_one(self, mask: np.ndarray, labels: np.ndarray, stat: np.ndarray, label: int,
-                     prob: np.ndarray | None) -> CrackMeasurement | None:
+    def _measure_one(self, mask: np.ndarray, comps: Components, label: int, prob: np.ndarray | None,
+                     scratch: Scratch) -> CrackMeasurement | None:
         cfg = self.config
         gx, gy = cfg.gsd_x, cfg.gsd_y
-        x, y, w, h = (int(v) for v in stat[:4])
-        component = labels[y:y + h, x:x + w] == label  # the crack with its gaps bridged
-        original = mask[y:y + h, x:x + w].astype(bool) & component  # what the model marked
+        x, y, w, h = (int(v) for v in comps.stats[label, :4])
+        bridged = bool(comps.bridged[label])
+        # The crack with its gaps bridged, and what the model marked (the same unless bridged),
+        # each in its crop with a zero border.
+        component = scratch.padded("component", (h, w), np.uint8)
+        np.equal(comps.labels[y:y + h, x:x + w], label, out=component[1:-1, 1:-1].view(bool))
+        original = component
+        if bridged:
+            original = scratch.padded("original", (h, w), np.uint8)
+            np.bitwise_and(mask[y:y + h, x:x + w], component[1:-1, 1:-1], out=original[1:-1, 1:-1])
         # Widths and area come from the model's pixels only: a bridge is not crack width.
-        dist = geometry.distance_map(np.pad(original, 1).view(np.uint8))
+        dist = geometry.distance_map(original, scratch.get("dist", component.shape, np.float32))
         factor = thinning_factor(float(dist.max()))
         if factor == 1:
-            skel = geometry.skeletonize(component, offset=(x, y))
+            work = scratch.get("thin", component.shape, np.uint8)
+            np.copyto(work, component)
+            skel = geometry.thin(work, offset=(x, y))
         else:  # a wide crack: its centre line at a coarser grid (thinning cost grows with width)
-            coarse = cv2.resize(component.astype(np.float32), (-(-w // factor), -(-h // factor)),
-                                interpolation=cv2.INTER_AREA) > COARSE_KEEP
+            cells = scratch.get("cells", (h, w), np.float32)
+            np.copyto(cells, component[1:-1, 1:-1])
+            coarse = cv2.resize(cells, (-(-w // factor), -(-h // factor)), interpolation=cv2.INTER_AREA) > COARSE_KEEP
             skel = geometry.skeletonize(coarse, offset=(x, y))
-        ridge = dist if factor == 1 else cv2.dilate(dist, np.ones((factor, factor), np.uint8))
-        under = self._ridge_at(ridge, skel, factor)
+        under = self._ridge_at(dist, skel, factor)
         if under.size and under.max() > 0:
-            skel = geometry.prune_spurs(skel, math.ceil(float(under.max()) / factor) + SPUR_MARGIN_PX)
+            # thinning keeps the crack one piece; the coarse grid may split it
+            pruned = geometry.prune_spurs(skel, math.ceil(float(under.max()) / factor) + SPUR_MARGIN_PX,
+                                          connected=factor == 1)
+            if pruned is not skel:
+                under = under[pruned.padded.ravel()[skel.idx] != 0]
+                skel = pruned
         if skel.size == 0:
             return None
         contours = geometry.skeleton_contours(skel)
@@ -259,25 +211,27 @@ class CrackMeasurer:
         gsd_across = math.hypot(gx * math.sin(theta), gy * math.cos(theta))
         if factor == 1:
             widths = geometry.width_profile(dist, skel)
-            widths = widths[dist.ravel()[skel.idx] > 0] if widths.size else widths
+            widths = widths[under > 0] if widths.size else widths
         else:  # the distance tent peaks at half the width plus half a pixel
-            peaks = self._ridge_at(ridge, skel, factor)
-            widths = np.maximum(2.0 * peaks[peaks > 0] - 1.0, 1.0)
+            widths = np.maximum(2.0 * under[under > 0] - 1.0, 1.0)
         width_mean_px = float(widths.mean()) if widths.size else 1.0
         width_max_px = float(widths.max()) if widths.size else 1.0
 
-        area_px = int(np.count_nonzero(original))
+        inside = original[1:-1, 1:-1].view(bool)
+        area_px = int(np.count_nonzero(inside)) if bridged else int(comps.stats[label, cv2.CC_STAT_AREA])
         confidence = None
         if prob is not None:
-            values = prob[y:y + h, x:x + w][original]
+            values = prob[y:y + h, x:x + w][inside]
             if values.size:
                 confidence = float(values.mean()) / (255.0 if prob.dtype == np.uint8 else 1.0)
 
-        degree = skel.degree()
-        branches = count_branch_points(skel, degree)
+        branches = count_branch_points(skel)
         # Thinning keeps holes, so a skeleton with a single border has none: skip the search.
-        loops = 0 if len(contours) <= 1 else count_loops(
-            np.pad(component, 1).view(np.uint8), cfg.classification.alligator_min_loop_area_mm2 / (gx * gy))
+        loops = 0
+        if len(contours) > 1:
+            min_loop_px = cfg.classification.alligator_min_loop_area_mm2 / (gx * gy)
+            holes = comps.holes_of(label)
+            loops = count_loops(component, min_loop_px) if holes is None else count_holes(holes, min_loop_px)
         density = length_mm / max(math.hypot(w * gx, h * gy), 1e-9)
         crack_type = classify_crack(orientation, cfg.travel_axis, loops, branches, density, cfg.classification)
 
@@ -309,14 +263,15 @@ class CrackMeasurer:
         )
 
     @staticmethod
-    def _ridge_at(ridge: np.ndarray, skel: geometry.Skeleton, factor: int) -> np.ndarray:
-        """Distance-map values (padded crop) under each skeleton pixel, mapped to full resolution."""
+    def _ridge_at(dist: np.ndarray, skel: geometry.Skeleton, factor: int) -> np.ndarray:
+        """Distance-map values (padded crop) under each skeleton pixel; for a coarse skeleton the
+        largest over the block of full-resolution pixels its cell stands for."""
         if factor == 1:
-            return ridge.ravel()[skel.idx]
+            return dist.ravel()[skel.idx]
         pts = skel.coords() * factor + (factor - 1) // 2 + 1  # +1: the distance map's zero border
-        ys = np.clip(pts[:, 1], 0, ridge.shape[0] - 1)
-        xs = np.clip(pts[:, 0], 0, ridge.shape[1] - 1)
-        return ridge[ys, xs]
+        ys = np.clip(pts[:, 1], 0, dist.shape[0] - 1)
+        xs = np.clip(pts[:, 0], 0, dist.shape[1] - 1)
+        return geometry.window_max(dist, ys, xs, factor)
 
 
 def thinning_factor(max_distance: float) -> int:

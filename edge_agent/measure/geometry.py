@@ -13,15 +13,16 @@ twice) is simplified with Douglas-Peucker at 1 px, which removes the pixel stair
 its length is the crack length: within 0.5 % on lines at all angles and on curves.
 
 Everything works on a ``Skeleton``: the crack's crop padded by one pixel plus the sorted flat
-indices of its skeleton pixels, so neighbour look-ups are array gathers; the only per-pixel
-Python is the path search that orders the polyline.
+indices of its skeleton pixels, and the table of every skeleton pixel's neighbours (built once:
+degree, junctions, spur pruning and the path search share it), so neighbour look-ups are array
+gathers over the skeleton's pixels, not passes over its crop. The only per-pixel Python is the
+breadth-first search that orders the polyline of a branching crack.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -72,6 +73,8 @@ class Skeleton:
     padded: np.ndarray
     idx: np.ndarray
     offset: tuple[int, int] = (0, 0)
+    _neighbours: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+    _coords: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -81,15 +84,36 @@ class Skeleton:
     def offsets(self) -> np.ndarray:
         return _offsets(self.padded.shape[1])
 
+    def neighbours(self) -> np.ndarray:
+        """(N, 8) int: position in ``idx`` of each pixel's neighbour in every ``_DIRS`` direction,
+        -1 where there is none (so ``a[table]`` on an array with a False/0 slot at its end reads
+        "no neighbour" there). Built once per skeleton: a gather from an image of positions, or a
+        sorted search where the crop is large and the skeleton sparse in it."""
+        if self._neighbours is None:
+            n = self.size
+            targets = self.idx[:, None] + self.offsets[None, :]
+            if n == 0:
+                self._neighbours = np.zeros((0, 8), dtype=np.int64)
+            elif self.padded.size <= 64 * n + 65536:
+                where = np.full(self.padded.size, -1, dtype=np.int32)
+                where[self.idx] = np.arange(n, dtype=np.int32)
+                self._neighbours = where[targets]
+            else:
+                pos = np.searchsorted(self.idx, targets).clip(max=n - 1)
+                self._neighbours = np.where(self.idx[pos] == targets, pos, -1)
+        return self._neighbours
+
     def degree(self) -> np.ndarray:
         """Number of 8-neighbours of every skeleton pixel (1 = end, >= 3 = branch)."""
-        flat = self.padded.ravel()
-        return sum(flat[self.idx + o].astype(np.int32) for o in self.offsets)
+        return (self.neighbours() >= 0).sum(axis=1)
 
     def coords(self) -> np.ndarray:
-        """(N, 2) int array of (x, y) in crop coordinates."""
-        y, x = np.divmod(self.idx, self.padded.shape[1])
-        return np.stack([x - 1, y - 1], axis=1)
+        """(N, 2) int array of (x, y) in crop coordinates (computed once; read-only)."""
+        if self._coords is None:
+            y, x = np.divmod(self.idx, self.padded.shape[1])
+            self._coords = np.stack([x - 1, y - 1], axis=1)
+            self._coords.flags.writeable = False
+        return self._coords
 
     def frame_coords(self) -> np.ndarray:
         """(N, 2) int array of (x, y) in frame coordinates."""
@@ -110,22 +134,33 @@ _DELETE_SECOND = _LUT_SECOND.astype(np.uint8)
 
 
 def skeletonize(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> Skeleton:
-    """Thin a binary mask to a one-pixel-wide 8-connected skeleton (Guo-Hall).
+    """Thin a binary mask to a one-pixel-wide 8-connected skeleton (Guo-Hall); see ``thin``."""
+    return thin(np.pad(np.asarray(mask, dtype=bool), 1).view(np.uint8), offset)
+
+
+def thin(img: np.ndarray, offset: tuple[int, int] = (0, 0)) -> Skeleton:
+    """Thin ``img`` (uint8 0/1 with a zero one-pixel border) in place to its skeleton (Guo-Hall).
 
     Each subiteration computes every pixel's 8-bit neighbourhood code with one 3x3
     correlation, looks it up in the deletion table (``cv2.LUT``) and removes the hits, until a
     full pass removes nothing: the table-driven algorithm above, pixel for pixel, but each
     step is one OpenCV call over the crop instead of eight numpy gathers per crack pixel.
-    Components and holes are preserved.
+    Components and holes are preserved. The two work images are allocated once per call, and
+    the codes are recomputed only after a subiteration that removed something (the last pass,
+    which removes nothing, needs one correlation instead of two).
     """
-    img = np.pad(np.asarray(mask, dtype=bool), 1).astype(np.uint8)
+    code = np.empty_like(img)
+    delete = np.empty_like(img)
+    stale = True
     while True:
         removed = 0
         for table in (_DELETE_FIRST, _DELETE_SECOND):
-            code = cv2.filter2D(img, cv2.CV_8U, _CODE_KERNEL, borderType=cv2.BORDER_CONSTANT)
-            delete = cv2.LUT(code, table)
+            if stale:
+                cv2.filter2D(img, cv2.CV_8U, _CODE_KERNEL, dst=code, borderType=cv2.BORDER_CONSTANT)
+            cv2.LUT(code, table, dst=delete)
             np.bitwise_and(delete, img, out=delete)
             n = cv2.countNonZero(delete)
+            stale = n > 0
             if n:
                 np.subtract(img, delete, out=img)
                 removed += n
@@ -134,51 +169,68 @@ def skeletonize(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> Skeleton:
     return Skeleton(padded=img, idx=np.flatnonzero(img.ravel()), offset=offset)
 
 
-_NEIGHBOURS = np.array([[1, 1, 1], [1, 0, 1], [1, 1, 1]], dtype=np.float32)
-_RING = np.ones((3, 3), dtype=np.uint8)
-
-
-def _degree_image(img: np.ndarray) -> np.ndarray:
-    """Number of 8-neighbours of every pixel (one 3x3 correlation)."""
-    return cv2.filter2D(img, cv2.CV_8U, _NEIGHBOURS, borderType=cv2.BORDER_CONSTANT)
-
-
-def prune_spurs(skel: Skeleton, max_len: int) -> Skeleton:
+def prune_spurs(skel: Skeleton, max_len: int, connected: bool = False) -> Skeleton:
     """Remove side branches of at most ``max_len`` pixels that end free (thinning leaves such
     spurs towards every bump of a ragged mask edge; they are not crack).
 
     End pixels are peeled ``max_len`` times, then the surviving ends grow back over the peeled
     pixels as far as they were peeled, so the crack keeps its full length while spurs hanging
     off junctions stay removed. A skeleton that would vanish entirely is returned unchanged.
-    Each pass is a few OpenCV calls over the crop (degree by correlation, growth by dilation).
+    Both phases follow only the pixels that change (each pass's ends are the neighbours of the
+    last pass's whose degree dropped to 1; each growth step the peeled neighbours of the last),
+    so the cost follows the spurs' pixels rather than the skeleton's or its crop's.
+    ``connected``: the caller knows the skeleton is one piece (thinning a connected mask), so
+    one with two ends and no junction is a simple chain, which peeling and regrowing give back
+    unchanged: it is returned at once.
     """
     if max_len <= 0 or skel.size < 3:
         return skel
-    img = skel.padded.copy()
-    peeled = np.zeros_like(img)
+    n = skel.size
+    table = skel.neighbours()
+    degree = (table >= 0).sum(axis=1)
+    ends = np.flatnonzero(degree <= 1).tolist()
+    if not ends or (connected and len(ends) == 2 and int(degree.max()) <= 2):
+        return skel
+    deg = degree.tolist()
+    alive = [True] * n
+    peeled = [False] * n
+    remaining = n
     passes = 0
     for _ in range(max_len):
-        ends = ((_degree_image(img) <= 1) & (img > 0)).view(np.uint8)
-        n = cv2.countNonZero(ends)
-        if not n:
+        if not ends:
             break
-        if n == cv2.countNonZero(img):  # nothing but ends left: the whole thing is a short piece
+        if len(ends) == remaining:  # nothing but ends left: the whole thing is a short piece
             return skel
-        np.subtract(img, ends, out=img)
-        np.bitwise_or(peeled, ends, out=peeled)
+        for i in ends:
+            alive[i] = False
+            peeled[i] = True
+        remaining -= len(ends)
         passes += 1
-    if not passes:
-        return skel
-    front = ((_degree_image(img) <= 1) & (img > 0)).view(np.uint8)
+        nxt = []
+        for row in table[ends].tolist():
+            for j in row:
+                if j >= 0 and alive[j]:
+                    deg[j] -= 1
+                    if deg[j] == 1:  # (it drops one at a time, so one that reaches 0 passed 1)
+                        nxt.append(j)
+        ends = nxt
+    front = ends  # the ends of what is left
     for _ in range(passes):
-        grown = cv2.dilate(front, _RING)
-        np.bitwise_and(grown, peeled, out=grown)
-        if not cv2.countNonZero(grown):
+        grown = []
+        for row in table[front].tolist():
+            for j in row:
+                if j >= 0 and peeled[j]:
+                    peeled[j] = False
+                    grown.append(j)
+        if not grown:
             break
-        np.bitwise_or(img, grown, out=img)
-        np.subtract(peeled, grown, out=peeled)
+        for j in grown:
+            alive[j] = True
         front = grown
-    return Skeleton(padded=img, idx=skel.idx[img.ravel()[skel.idx] == 1], offset=skel.offset)
+    keep = np.array(alive, dtype=bool)
+    img = skel.padded.copy()
+    img.ravel()[skel.idx[~keep]] = 0
+    return Skeleton(padded=img, idx=skel.idx[keep], offset=skel.offset)
 
 
 def skeleton_contours(skel: Skeleton) -> list[np.ndarray]:
@@ -212,13 +264,25 @@ def skeleton_length(skel: Skeleton, gsd_x: float = 1.0, gsd_y: float = 1.0,
     return total / 2.0
 
 
-def distance_map(mask_padded: np.ndarray) -> np.ndarray:
-    """Distance of every crack pixel to the nearest background pixel centre.
+def distance_map(mask_padded: np.ndarray, dst: np.ndarray | None = None) -> np.ndarray:
+    """Distance of every crack pixel to the nearest background pixel centre (into ``dst``, a
+    float32 array of the same shape, when given).
 
     The 5x5 chamfer mask is exact along the image axes and within ~2 % elsewhere, at a fifth
     of the cost of the exact transform on a frame-sized crop.
     """
-    return cv2.distanceTransform(mask_padded.astype(np.uint8), cv2.DIST_L2, 5)
+    return cv2.distanceTransform(mask_padded.astype(np.uint8, copy=False), cv2.DIST_L2, 5, dst=dst)
+
+
+def window_max(img: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
+    """``cv2.dilate(img, np.ones((size, size)))[rows, cols]`` without dilating the whole image:
+    the maximum over each point's window (anchored at ``size // 2`` like OpenCV's; pixels
+    beyond the image edge are left out, and clipping to the edge reads only pixels that are in
+    the window anyway)."""
+    off = np.arange(size) - size // 2
+    r = np.clip(rows[:, None] + off, 0, img.shape[0] - 1)
+    c = np.clip(cols[:, None] + off, 0, img.shape[1] - 1)
+    return img[r[:, :, None], c[:, None, :]].max(axis=(1, 2))
 
 
 def width_profile(dist: np.ndarray, skel: Skeleton) -> np.ndarray:
@@ -250,36 +314,39 @@ def longest_path(skel: Skeleton, contours: list[np.ndarray] | None = None) -> np
 
     A simple chain (two ends, no junction) is read off its contour. Otherwise breadth-first
     search twice (the double sweep): the farthest pixel from an end, then the farthest from
-    that one; exact for tree-shaped skeletons, a long path through networks.
+    that one; exact for tree-shaped skeletons, a long path through networks. The search runs
+    on adjacency lists cut from the neighbour table, over a plain list that is its own queue
+    (the order of a deque-based search, neighbours in ``_DIRS`` order, at a fraction of the
+    per-pixel cost).
     """
     n = skel.size
     if n == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    targets = skel.idx[:, None] + skel.offsets[None, :]
-    pos = np.searchsorted(skel.idx, targets).clip(max=n - 1)
-    neighbours = np.where(skel.idx[pos] == targets, pos, -1)
-    degree = (neighbours >= 0).sum(axis=1)
+    table = skel.neighbours()
+    valid = table >= 0
+    degree = valid.sum(axis=1)
     ends = np.flatnonzero(degree == 1)
     if ends.size == 2 and int(degree.max()) <= 2:
         chain = _chain_from_contour(skel, int(ends[0]), int(ends[1]), contours)
         if chain is not None:
             return chain
-    adjacency = [[j for j in row if j >= 0] for row in neighbours.tolist()]
+    flat = table[valid].tolist()
+    stops = np.cumsum(degree).tolist()
+    adjacency = [flat[a:b] for a, b in zip([0, *stops[:-1]], stops)]
 
     def sweep(start: int) -> tuple[int, list[int]]:
         parent = [-2] * n
         parent[start] = -1
-        queue = deque([start])
-        last = start
-        while queue:
-            last = queue.popleft()
-            for j in adjacency[last]:
+        queue = [start]
+        push = queue.append
+        for node in queue:  # the list grows while it is read: breadth-first order
+            for j in adjacency[node]:
                 if parent[j] == -2:
-                    parent[j] = last
-                    queue.append(j)
-        return last, parent
+                    parent[j] = node
+                    push(j)
+        return queue[-1], parent
 
-    far, parent = sweep(int(ends[0]) if ends.size else 0)
+    far, _ = sweep(int(ends[0]) if ends.size else 0)
     far, parent = sweep(far)
     order = []
     node = far
@@ -324,9 +391,11 @@ def principal_angle_deg(points_xy: np.ndarray, gsd_x: float = 1.0, gsd_y: float 
     a non-square GSD does not tilt it."""
     if len(points_xy) < 2:
         return 0.0
-    x = points_xy[:, 0].astype(np.float64) * gsd_x
-    y = -points_xy[:, 1].astype(np.float64) * gsd_y  # image y points down; flip so angles read CCW
-    x -= x.mean()
-    y -= y.mean()
+    # One (2, N) array, each row contiguous (so each mean is the same pairwise sum as a 1-D one):
+    # image y points down, so it is flipped to read angles counter-clockwise.
+    xy = np.array(points_xy.T, dtype=np.float64, order="C")
+    xy *= np.array([[gsd_x], [-gsd_y]])
+    xy -= xy.mean(axis=1, keepdims=True)
+    x, y = xy
     angle = 0.5 * math.degrees(math.atan2(2.0 * float(np.dot(x, y)), float(np.dot(x, x) - np.dot(y, y))))
     return round(angle % 180.0, 6) % 180.0
