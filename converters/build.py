@@ -39,6 +39,8 @@ class BuildOptions:
     name: str = "crackseg"
     version: str = "0.1.0"
     sizes: list[tuple[int, int]] | None = None  # None: device_configs/*.yaml camera sizes + 320x480
+    gsd_mm_per_px: float | None = None  # the ground resolution the model knows (contract), if not in the checkpoint
+    width_threshold: float | None = None  # probability at which widths are measured (contract)
     input_dtype: str = "uint8"  # uint8: graphs take frames (normalisation inside); float32: plain graphs
     fp32_artifacts: str = "all"  # which fp32 artifacts go into the bundle (all are built for the gate)
     arch: str | None = None
@@ -129,6 +131,14 @@ def step_load(st: BuildState) -> None:
                            f"not a {st.loaded.kind}")
     st.module = st.loaded.module
     st.contract = st.loaded.contract
+    given = {k: v for k, v in (("gsd_mm_per_px", o.gsd_mm_per_px), ("width_threshold", o.width_threshold))
+             if v is not None}
+    if given:
+        try:
+            st.contract = InferenceContract.model_validate({**st.contract.model_dump(), **given})
+        except ValueError as exc:
+            raise ConvertError(f"contract values {given}: {exc}") from None
+        st.log(f"contract: {', '.join(f'{k} {v}' for k, v in given.items())}")
     if st.loaded.module is None and st.frame_input:
         raise ConvertError(f"{o.checkpoint}: an ONNX source cannot be wrapped to take frames; pass the PyTorch "
                            "checkpoint, or --input-dtype float32 to quantize and bundle the ONNX file as it is")

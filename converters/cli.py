@@ -199,6 +199,12 @@ def _parser_build(sub) -> None:
     p.add_argument("--version", default=_d("version"), help="semantic version of the model (default %(default)s)")
     p.add_argument("--sizes", type=_sizes, help="input sizes HxW, comma separated, each a multiple of the stride "
                    "(default: 320x480 plus every device_configs/*.yaml camera size rounded up to the stride)")
+    p.add_argument("--gsd-mm-per-px", type=float,
+                   help="ground resolution (mm of road per px) the model was trained for, into the contract: "
+                   "the runtime shrinks frames from finer cameras to it (default: the checkpoint's, if any)")
+    p.add_argument("--width-threshold", type=float,
+                   help="probability at which crack widths are measured, into the contract (default: the "
+                   "checkpoint's, else the decision threshold)")
     _add_input_dtype(p)
     p.add_argument("--fp32-artifacts", choices=["all", "smallest", "none"], default=_d("fp32_artifacts"),
                    help="fp32 artifacts to ship (all are built for the INT8 gate; default %(default)s)")

@@ -37,7 +37,12 @@ class InferenceContract(BaseModel):
     - ``threshold``: decision threshold on the probability, chosen on validation data.
     - ``gsd_mm_per_px``: the ground resolution (mm of road per pixel) the model was trained
       for; the runtime resamples frames from a camera configured at another resolution so
-      cracks reach the model at the width it knows (None: use frames as they are).
+      cracks reach the model at the width it knows (None: use frames as they are). Only
+      frames *finer* than it are shrunk: enlarging a coarser camera's frames invents no detail
+      and scored worse than using them as they are (docs/model.md, scale section).
+    - ``width_threshold``: the probability at which crack *widths* are measured (None: the
+      decision threshold). A low decision threshold finds faint cracks but paints them wider
+      than they are; widths read on ``probability >= width_threshold`` match careful labels.
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -52,6 +57,7 @@ class InferenceContract(BaseModel):
     output: Literal["logits", "probabilities"] = "logits"
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     gsd_mm_per_px: float | None = Field(None, gt=0.0, le=1000.0, allow_inf_nan=False)
+    width_threshold: float | None = Field(None, gt=0.0, lt=1.0)
 
     @field_validator("std")
     @classmethod

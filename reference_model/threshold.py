@@ -13,7 +13,7 @@ for a model meant to work at more than one ground resolution.
 
 ``--out PATH`` writes a slim release copy (no optimizer state) instead of
 changing the checkpoint; ``--width-threshold`` stores the threshold at which predicted crack
-widths match careful labels (``config.width_threshold``) and ``--gsd`` the nominal ground
+widths match careful labels (``contract.width_threshold``) and ``--gsd`` the nominal ground
 resolution in mm/px (``contract.gsd_mm_per_px``).
 """
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--write", action="store_true", help="store the chosen threshold in the checkpoint")
     ap.add_argument("--out", type=Path, help="write a slim release copy here instead (implies --write)")
-    ap.add_argument("--width-threshold", type=float, help="store as config.width_threshold")
+    ap.add_argument("--width-threshold", type=float, help="store as contract.width_threshold")
     ap.add_argument("--gsd", type=float, help="store as contract.gsd_mm_per_px (nominal mm of road per px)")
     ap.add_argument("--version", help="store as config.version (release copies)")
     args = ap.parse_args(argv)
@@ -86,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         ckpt["config"]["contract"]["threshold"] = chosen
         if args.gsd is not None:
             ckpt["config"]["contract"]["gsd_mm_per_px"] = args.gsd
-        InferenceContract(**ckpt["config"]["contract"])  # still a valid contract
         if args.width_threshold is not None:
-            ckpt["config"]["width_threshold"] = args.width_threshold
+            ckpt["config"]["contract"]["width_threshold"] = args.width_threshold
+        InferenceContract(**ckpt["config"]["contract"])  # still a valid contract
         if args.version:
             ckpt["config"]["version"] = args.version
         if cells:

@@ -46,7 +46,8 @@ def test_blend_weights_sum_to_one_everywhere():
 
 def test_gsd_scale_brings_frames_to_the_model_resolution():
     assert gsd_scale((0.8, 0.8), 1.6) == (0.5, 0.5)
-    assert gsd_scale((1.6, 3.2), 1.6) == (2.0, 1.0)
+    assert gsd_scale((0.8, 3.2), 1.6) == (1.0, 0.5)  # shrink only: the coarser axis stays as it is
+    assert gsd_scale((3.2, 2.0), 1.6) is None  # a coarser camera's frames are used as they are
     assert gsd_scale(None, 1.6) is None and gsd_scale((1.0, 1.0), None) is None
     plan = choose_plan((720, 1280), [(360, 640)], 16, scale=(0.5, 0.5))
     assert plan.work_size == (360, 640) and plan.strategy == "full" and plan.resampled
@@ -114,6 +115,9 @@ def test_resampling_runs_the_model_at_its_own_ground_resolution(tiny):
     same = open_model(path, gsd_mm_per_px=1.6)
     same.probabilities(frame(64, 96))
     assert same.last_plan is not None and not same.last_plan.resampled
+    coarse_camera = open_model(path, gsd_mm_per_px=3.2)  # never enlarged
+    coarse_camera.probabilities(frame(64, 96))
+    assert coarse_camera.last_plan is not None and not coarse_camera.last_plan.resampled
 
 
 def test_bundle_with_two_sizes_opens_only_what_frames_need(tiny, tmp_path):
