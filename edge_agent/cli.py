@@ -75,10 +75,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.model or not looks_like_masks(pairs.inputs[0]):
         from edge_agent.detectors import open_model
 
-        segmenter = open_model(args.model, backend=args.backend, threads=args.threads, threshold=args.threshold)
+        segmenter = open_model(args.model, backend=args.backend, threads=args.threads, threshold=args.threshold,
+                               gsd_mm_per_px=args.gsd_mm_per_px)
+    width_threshold = args.width_threshold
+    if width_threshold is None and segmenter is not None:
+        width_threshold = segmenter.contract.width_threshold
+    if width_threshold is not None and not 0.0 < width_threshold < 1.0:
+        raise UserError(f"--width-threshold {width_threshold}: give a probability between 0 and 1")
     from edge_agent.util.progress import progress
 
-    score = evaluate(pairs, segmenter, tolerance=args.tolerance,
+    score = evaluate(pairs, segmenter, tolerance=args.tolerance, width_threshold=width_threshold,
                      progress=lambda items: progress(items, f"eval {source.name}", unit="image"))
     what = (f"model {segmenter.info.name} {segmenter.info.version} ({segmenter.info.backend} "
             f"{segmenter.info.precision}, threshold {segmenter.threshold:.2f})" if segmenter else "predicted masks")
@@ -89,6 +95,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for key in ("precision", "recall", "f1", "iou"):
         label = f"{key}@{args.tolerance:g}px" if key != "iou" else "iou (exact)"
         print(f"{label:<18}{getattr(score, key):>10.4f}")
+    if score.width_pred_px is not None and score.width_label_px is not None:
+        at = f" (at p>={width_threshold:g})" if width_threshold is not None and segmenter else ""
+        print(f"median width along the skeleton{at}: predicted {score.width_pred_px:.2f} px, labels "
+              f"{score.width_label_px:.2f} px, error {score.width_error_px:+.2f} px")
+    result["width_threshold"] = width_threshold if segmenter else None
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
@@ -185,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score only stems of this deterministic 85/15 split")
     e.add_argument("--tolerance", type=float, default=2.0, help="match tolerance in px (default 2)")
     e.add_argument("--json", help="also write the result to this JSON file")
+    e.add_argument("--gsd-mm-per-px", type=float,
+                   help="the images' ground resolution: frames finer than the model's are shrunk to it, as "
+                   "the agent does with its camera's (default: images used as they are)")
+    e.add_argument("--width-threshold", type=float,
+                   help="probability at which predicted widths are measured (default: the model's "
+                   "width_threshold, else its decision threshold)")
     model_args(e)
     e.set_defaults(func=cmd_eval)
 

@@ -46,6 +46,7 @@ class Segmented:
     mask: np.ndarray
     inference_ms: float
     model: dict  # ModelInfo.to_dict() of the model that produced it, with the threshold of this mask
+    width_threshold: float | None = None  # the model's probability for measuring widths (None: the mask)
 
 
 class ModelSlot:
@@ -142,7 +143,8 @@ class InferenceStage(threading.Thread):
             return self._count_failure()
         ms = runner.last_inference_ms
         self.stats.inference_ok(ms)
-        return Segmented(frame, prob, mask, ms, {**active.info.to_dict(), "threshold": threshold})
+        return Segmented(frame, prob, mask, ms, {**active.info.to_dict(), "threshold": threshold},
+                         active.contract.width_threshold)
 
     def _count_failure(self) -> _Failed:
         with self._lock:

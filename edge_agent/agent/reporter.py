@@ -79,7 +79,7 @@ class Reporter:
             measurer, tracker, reporting, measurement = self.measurer, self.tracker, self.reporting, self.measurement
         assert measurement is not None
         frame = item.frame
-        cracks = measurer.measure(item.mask, item.prob) if item.mask.any() else []
+        cracks = measurer.measure(item.mask, item.prob, item.width_threshold) if item.mask.any() else []
         fix = self.position.fix_for_frame(frame)
         # a replayed recording knows when the frame was really taken; live frames carry it
         captured = self.position.capture_time(frame)

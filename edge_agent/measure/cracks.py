@@ -126,15 +126,24 @@ class CrackMeasurer:
             scratch = self._local.scratch = Scratch()
         return scratch
 
-    def measure(self, mask: np.ndarray, probability: np.ndarray | None = None) -> list[CrackMeasurement]:
+    def measure(self, mask: np.ndarray, probability: np.ndarray | None = None,
+                width_threshold: float | None = None) -> list[CrackMeasurement]:
         """Cracks of one frame, longest first, at most ``max_cracks_per_frame``.
 
         ``mask``: HxW bool or uint8 (non-zero = crack) at frame resolution. ``probability``:
         the model's HxW map (float 0-1 or uint8 0-255); its mean over a crack is the
-        confidence.
+        confidence. ``width_threshold`` (with ``probability``): widths are read on the crack's
+        pixels of at least this probability (the model's ``width_threshold``): a detection
+        threshold low enough to find faint cracks paints them wider than they are. Where no
+        pixel of a crack reaches it, its widths come from the mask.
         """
         m = _as_mask(mask)
         prob = _as_probability(probability, m.shape)
+        width_cut = None
+        if prob is not None and width_threshold is not None:
+            if not 0.0 < width_threshold < 1.0:
+                raise ValueError(f"width_threshold {width_threshold} must be between 0 and 1")
+            width_cut = width_threshold * 255.0 if prob.dtype == np.uint8 else width_threshold
         if not cv2.countNonZero(m):
             return []
         cfg = self.config
@@ -155,14 +164,14 @@ class CrackMeasurer:
         candidates = candidates[: 2 * cfg.max_cracks_per_frame]  # bounded work on a noisy mask
         cracks = []
         for label in candidates.tolist():
-            crack = self._measure_one(m, comps, label, prob, scratch)
+            crack = self._measure_one(m, comps, label, prob, scratch, width_cut)
             if crack is not None:
                 cracks.append(crack)
         cracks.sort(key=lambda c: -c.length_mm)
         return cracks[: cfg.max_cracks_per_frame]
 
     def _measure_one(self, mask: np.ndarray, comps: Components, label: int, prob: np.ndarray | None,
-                     scratch: Scratch) -> CrackMeasurement | None:
+                     scratch: Scratch, width_cut: float | None = None) -> CrackMeasurement | None:
         cfg = self.config
         gx, gy = cfg.gsd_x, cfg.gsd_y
         x, y, w, h = (int(v) for v in comps.stats[label, :4])
@@ -209,11 +218,20 @@ class CrackMeasurer:
         # Width is measured across the crack: the millimetres of one pixel in that direction.
         theta = math.radians(geometry.principal_angle_deg(points))
         gsd_across = math.hypot(gx * math.sin(theta), gy * math.cos(theta))
+        width_dist, width_under = dist, under
+        if width_cut is not None and prob is not None:
+            core = scratch.padded("core", (h, w), np.uint8)
+            np.greater_equal(prob[y:y + h, x:x + w], width_cut, out=core[1:-1, 1:-1].view(bool))
+            np.bitwise_and(core[1:-1, 1:-1], original[1:-1, 1:-1], out=core[1:-1, 1:-1])
+            core_dist = geometry.distance_map(core, scratch.get("core_dist", component.shape, np.float32))
+            core_under = self._ridge_at(core_dist, skel, factor)
+            if core_under.size and core_under.max() > 0:
+                width_dist, width_under = core_dist, core_under
         if factor == 1:
-            widths = geometry.width_profile(dist, skel)
-            widths = widths[under > 0] if widths.size else widths
+            widths = geometry.width_profile(width_dist, skel)
+            widths = widths[width_under > 0] if widths.size else widths
         else:  # the distance tent peaks at half the width plus half a pixel
-            widths = np.maximum(2.0 * under[under > 0] - 1.0, 1.0)
+            widths = np.maximum(2.0 * width_under[width_under > 0] - 1.0, 1.0)
         width_mean_px = float(widths.mean()) if widths.size else 1.0
         width_max_px = float(widths.max()) if widths.size else 1.0
 
