@@ -290,8 +290,9 @@ def markdown_table(rows: list[dict], width_t: float | None) -> str:
             key = f"{width_t:.3f}" if width_t is not None and f"{width_t:.3f}" in r["pred_width_px"] \
                 else next(iter(r["pred_width_px"]))
             w = f"{r['pred_width_px'][key]} / {r['label_width_px']}"
-        lines.append(f"| {r['set']} | {r['layout']} | {r['scale']:g} | {r['images']} | {r['f1']:.4f} | {r['precision']:.3f} | "
-                     f"{r['recall']:.3f} | {r['iou']:.4f} | {r['oracle_f1']:.4f} ({r['oracle_threshold']:.3f}) | {w} |")
+        lines.append(f"| {r['set']} | {r['layout']} | {r['scale']:g} | {r['images']} | {r['f1']:.4f} | "
+                     f"{r['precision']:.3f} | {r['recall']:.3f} | {r['iou']:.4f} | "
+                     f"{r['oracle_f1']:.4f} ({r['oracle_threshold']:.3f}) | {w} |")
     return "\n".join(lines)
 
 
@@ -345,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"checkpoint": str(args.checkpoint), "threshold": threshold, "width_threshold": width_t,
               "renormalize": args.renormalize,
               "split": args.split, "scales": parse_floats(args.scales), "frame": list(frame) if frame else None,
-              "command": " ".join(["python -m reference_model.scale_eval"] + (argv if argv is not None else sys.argv[1:])),
+              "command": " ".join(["python -m reference_model.scale_eval",
+                                   *(argv if argv is not None else sys.argv[1:])]),
               "summary": summary(rows), "rows": rows, "minutes": round((time.time() - t0) / 60, 2)}
     if args.choose_threshold:
         t, f = choose_threshold(rows)

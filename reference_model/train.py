@@ -41,7 +41,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from edge_agent.contract import InferenceContract
-from edge_agent.evaluation.metrics import ScoreAccumulator
 from reference_model.dataset import (
     Augmenter,
     cap_label_width,
@@ -248,8 +247,9 @@ def main(argv: list[str] | None = None) -> int:
                 break
             for g in opt.param_groups:
                 g["lr"] = lr_at(progress, args.lr)
-            batch = [aug(*(lambda ds, i: (ds.images[i], ds.targets[i], ds.bands[i], ds.skeletons[i]))(train_sets[si][0], i))
-                     for si, i in (index[j] for j in order[step * args.batch_size:(step + 1) * args.batch_size])]
+            picked = (index[j] for j in order[step * args.batch_size:(step + 1) * args.batch_size])
+            batch = [aug(ds.images[i], ds.targets[i], ds.bands[i], ds.skeletons[i])
+                     for ds, i in ((train_sets[si][0], i) for si, i in picked)]
             x = normalize_batch(np.stack([b[0] for b in batch]), contract).to(memory_format=torch.channels_last)
             y = torch.from_numpy(np.stack([b[1] for b in batch])).float()[:, None]
             band = torch.from_numpy(np.stack([b[2] for b in batch])).float()[:, None]

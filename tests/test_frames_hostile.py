@@ -78,7 +78,8 @@ def test_a_damaged_video_is_read_to_its_real_end(tmp_path: Path):
     assert indices == sorted(indices) and indices[-1] >= 55  # media time keeps the file's own numbering
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=1500, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.one_of(st.binary(max_size=300),
                  st.sampled_from([".png", ".jpg", ".bmp", ".webp"]).flatmap(
                      lambda ext: st.integers(4, 300).map(

@@ -6,8 +6,14 @@ import pytest
 
 from edge_agent.evaluation.width import mask_widths
 from reference_model.dataset import Augmenter, cap_label_width, resize_label
-from reference_model.scale_eval import (choose_threshold, compose_frame, resample_image, resample_mask,
-                                        sweep_model, summary)
+from reference_model.scale_eval import (
+    choose_threshold,
+    compose_frame,
+    resample_image,
+    resample_mask,
+    summary,
+    sweep_model,
+)
 
 
 def band(width: int, h: int = 120, w: int = 160) -> np.ndarray:
@@ -145,7 +151,7 @@ def test_renormalized_prediction_runs_the_model_at_training_resolution():
         return np.where(img[..., 0] < 100, 0.9, 0.1).astype(np.float32)
 
     img, mask = scene()
-    big, big_mask = resample_image(img, 2.0), resample_mask(mask, 2.0)
+    big = resample_image(img, 2.0)
     prob = predict_renormalized(predict, big, 2.0)
     assert seen[-1] == (120, 160) and prob.shape == big.shape[:2]
     rows = sweep_model(predict, {"toy": [(img, mask)]}, [0.5, 2.0], None, threshold=0.5, width_thresholds=[],

@@ -68,7 +68,7 @@ class WidthHistogram:
     def add(self, mask: np.ndarray) -> None:
         self.add_widths(mask_widths(mask))
 
-    def merge(self, other: "WidthHistogram") -> None:
+    def merge(self, other: WidthHistogram) -> None:
         self.hist += other.hist
 
     @property
