@@ -150,8 +150,8 @@ def _visible_part(crack_px: LineString, width: int, height: int) -> LineString |
     part = crack_px.intersection(box(0, 0, width - 1, height - 1))
     if part.is_empty:
         return None
-    if part.geom_type == "LineString":
-        return part  # type: ignore[return-value]
+    if isinstance(part, LineString):
+        return part
     lines = [g for g in getattr(part, "geoms", []) if g.geom_type == "LineString"]
     return max(lines, key=lambda g: g.length) if lines else None
 
