@@ -80,8 +80,33 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| {c['backend']} {c['native']} vs {c['tiled']} tiles | {c['frames']} | "
                          f"{c['f1_native']:.4f} | {c['f1_tiled']:.4f} | {c['native_minus_tiled']:+.4f}{ok} | "
                          f"{c['f1_between']:.4f} | {c['iou_between']:.4f} | {nms} | {tms} ({c['tiles_per_frame']}) |")
+    lines += _width_lines(report)
     lines += ["", f"Result: **{'PASSED' if report['passed'] else 'FAILED'}**", ""]
     return "\n".join(lines)
+
+
+def _width_lines(report: dict) -> list[str]:
+    widths = report.get("widths") or []
+    if not widths:
+        return []
+    wt = report.get("width_threshold")
+    where = (f"where the probability reaches the contract's width threshold {wt:.2f}" if wt is not None
+             else f"on the detection mask (threshold {report['threshold']:.2f}; the contract sets no width threshold)")
+    lines = ["", "## Crack width", "",
+             "Median width (px) along the skeleton of the predicted cracks, measured " + where
+             + ", and of the labels, per labeled folder, on its photographs (the smallest INT8 artifact of "
+             "each format, run as the runtime runs any frame). Label styles differ between folders: only "
+             "pixel-accurate labels say how wide a crack truly is.", "",
+             "| model | data | images | F1@2px | width predicted | width labelled | error |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+
+    def px(v: float | None, sign: str = "") -> str:
+        return "-" if v is None else f"{v:{sign}.2f}"
+
+    for w in widths:
+        lines.append(f"| {w['model']} | {w['data']} | {w['images']} | {w['f1']:.4f} | {px(w['width_pred_px'])} "
+                     f"| {px(w['width_label_px'])} | {px(w['width_error_px'], '+')} |")
+    return lines
 
 
 def write_reports(report: dict, out_dir: str | Path, stem: str = "report") -> tuple[Path, Path]:

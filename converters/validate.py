@@ -10,6 +10,12 @@ Frames: each artifact is scored on frames of *its own* input size, mosaicked fro
 held-out photographs and their labels at native scale (``converters.mosaic``), so a
 720x1280 artifact is judged on 720x1280 frames like a survey camera's.
 
+Crack width: severity follows width, so the report also gives, per labeled folder and for the
+smallest INT8 artifact of each format (run on the folder's photographs as the runtime runs any
+frame), F1@2px and the median crack width along the skeleton of the predictions (read where the
+probability reaches the contract's ``width_threshold``, as the agent measures) and of the labels.
+Per folder because label styles differ: a folder of wide labels says nothing about true widths.
+
 Gates: an INT8 variant may lose at most ``max_f1_drop`` F1 against the fp32 variant of the
 same format and size (against torch fp32 when that format has no fp32 variant); and a
 native large artifact may lose at most ``max_f1_drop`` against the smallest artifact of its
@@ -254,6 +260,7 @@ def validate_models(data, artifacts: dict[str, Path], contract: InferenceContrac
     cross = native_vs_tiled(segs, native_masks, frames_by_size.get(largest, []), sizes, threshold, runs,
                             max_f1_drop, progress)
     passed = passed and all(c["passed"] for c in cross)
+    widths = width_check(segs, data, split, limit, threshold, contract.width_threshold, progress)
     names = sorted({Path(f).name for f in (data if isinstance(data, list | tuple) else [data])})
     return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "data": "+".join(names),
             "split": split, "images": len(pairs), "threshold": threshold, "tolerance_px": 2.0, "threads": threads,
@@ -261,7 +268,42 @@ def validate_models(data, artifacts: dict[str, Path], contract: InferenceContrac
             "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "sizes": {size_tag(s): len(f) for s, f in frames_by_size.items()},
             "results": results, "f1_drop_vs_fp32": drops, "native_vs_tiled": cross,
+            "width_threshold": contract.width_threshold, "widths": widths,
             "max_f1_drop": max_f1_drop, "passed": passed}
+
+
+def width_check(segs: dict, data, split: str, limit: int | None, threshold: float,
+                width_threshold: float | None, progress: bool = True) -> list[dict]:
+    """F1@2px and median crack widths (px) per labeled folder for the smallest INT8 artifact of
+    each format, on the folder's photographs; widths on ``prob >= width_threshold`` when the
+    contract sets one (else on the detection mask)."""
+    from tqdm import tqdm
+
+    from edge_agent.evaluation.folder import FolderPairs, evaluate
+
+    candidates: dict[str, tuple[str, tuple]] = {}
+    for label, (seg, path, size) in segs.items():
+        if path is None or seg.info.precision != "int8":
+            continue
+        best = candidates.get(seg.backend_name)
+        if best is None or size[0] * size[1] < best[1][0] * best[1][1]:
+            candidates[seg.backend_name] = (label, size)
+    folders = [Path(f) for f in data] if isinstance(data, list | tuple) else [Path(data)]
+    out = []
+    for folder in folders:
+        pairs = labeled_pairs(folder, split, limit)
+        fp = FolderPairs([p.image for p in pairs], [p.mask for p in pairs])
+        for label, _ in sorted(candidates.values(), key=lambda c: _order(c[0])):
+            seg = segs[label][0]
+
+            def bar(items, _desc=f"widths {label} {folder.name}"):
+                return tqdm(items, desc=_desc, disable=not progress, mininterval=5, leave=False)
+
+            score = evaluate(fp, seg, threshold, widths=True, width_threshold=width_threshold, progress=bar)
+            out.append({"model": label, "data": folder.name, "images": len(pairs), "f1": score.f1,
+                        "width_pred_px": score.width_pred_px, "width_label_px": score.width_label_px,
+                        "width_error_px": score.width_error_px})
+    return out
 
 
 def _order(label: str) -> int:

@@ -149,6 +149,14 @@ def test_validation_report_per_size_and_native_vs_tiled(chain):
         assert c["passed"] and c["f1_between"] > 0.8 and c["tiled_median_ms"] > 0
     md = (chain["bundle"] / "report.md").read_text()
     assert "| onnx-int8@96x128 |" in md and "Native frame vs tiles" in md and "PASSED" in md
+    # crack widths per labeled folder, for the smallest INT8 artifact of each format
+    widths = {w["model"]: w for w in report["widths"]}
+    assert set(widths) == {"onnx-int8@64x96", "tflite-int8@64x96"}
+    for w in widths.values():
+        assert w["images"] == 24 and w["f1"] > 0.5
+        assert w["width_label_px"] > 0 and w["width_pred_px"] > 0
+        assert w["width_error_px"] == pytest.approx(w["width_pred_px"] - w["width_label_px"], abs=1e-6)
+    assert "## Crack width" in md and "| tflite-int8@64x96 |" in md.split("## Crack width")[1]
 
 
 def test_bundle_verifies_signed_and_runs_selftest(chain):
