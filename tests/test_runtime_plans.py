@@ -193,3 +193,14 @@ def test_selftest_of_an_auto_segmenter_checks_the_files_it_chose(tmp_path):
     assert result.passed
     chosen = {str(a.path).rsplit(".", 1)[1] for a in seg.artifacts}
     assert chosen <= {"onnx", "tflite"} and all(a.is_open for a in seg.artifacts)
+
+
+def test_naming_the_backend_opens_no_session():
+    """The agent logs the backend at start: asking must not open the 720p artifact (~200 MB RSS
+    that a 320x480 camera never uses)."""
+    pytest.importorskip("ai_edge_litert")
+    seg = open_model(backend="tflite", precision="int8", threads=1)  # the shipped bundle: 720x1280 and 320x480
+    assert seg.backend_name == "tflite" and not any(a.is_open for a in seg.artifacts)
+    seg.probabilities(frame(320, 480))
+    assert seg.backend_name == "tflite"
+    assert [a.is_open for a in seg.artifacts] == [False, True]  # largest first: the 720p one stays closed

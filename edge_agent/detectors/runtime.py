@@ -176,7 +176,13 @@ class Segmenter:
 
     @property
     def backend_name(self) -> str:
-        return self.backend.name
+        """The runtime in use: the first opened artifact's, else the one the model was opened for
+        (``auto`` until a frame size has chosen). Never opens a session to answer: a 720x1280
+        interpreter costs ~200 MB, and a 320x480 camera never needs it."""
+        for art in self.artifacts:
+            if art.is_open:
+                return art.backend.name
+        return self.info.backend
 
     def plan_for(self, height: int, width: int) -> FramePlan:
         """How frames of this size are segmented (computed once per size)."""
