@@ -98,7 +98,8 @@ class ModelConfig(ConfigSection):
         "remembered in the state folder)"))
     precision: Literal["int8", "fp32"] | None = Field(None, description="artifact to pick inside a bundle; null = "
                                                                        "the bundle's default")
-    threads: int | None = Field(None, ge=1, le=64, description="inference threads; null = all cores")
+    threads: int | None = Field(None, ge=1, le=64, description=(
+        "inference threads per worker; null = the usable cores shared by the workers"))
     workers: int = Field(1, ge=1, le=8, description=(
         "inference workers, each segmenting whole frames in parallel (results stay in frame order); 2 workers "
         "x 1 thread can beat 1 x 2 where one frame's work does not fill the cores"))

@@ -58,12 +58,14 @@ def model_loader(model_cfg: Any, environ: Mapping[str, str] | None = None, *,
     ``backend: auto`` remembers which runtime is faster here.
     """
     from edge_agent.detectors.runtime import open_model
+    from edge_agent.util.cpus import threads_per_worker
 
     public_key = model_public_key_of(model_cfg, environ)
 
     def load(path: Path | None) -> Any:
         return open_model(path if path is not None else model_cfg.path, backend=model_cfg.backend,
-                          threads=model_cfg.threads, providers=model_cfg.onnx_providers(), public_key=public_key,
+                          threads=threads_per_worker(model_cfg.threads, model_cfg.workers),
+                          providers=model_cfg.onnx_providers(), public_key=public_key,
                           require_signature=model_cfg.require_signature, precision=model_cfg.precision,
                           threshold=model_cfg.threshold, gsd_mm_per_px=gsd_mm_per_px, choice_cache=choice_cache)
 

@@ -15,6 +15,7 @@ import numpy as np
 from edge_agent.contract import InferenceContract
 from edge_agent.detectors.backends.base import layout_from_shape
 from edge_agent.detectors.errors import BackendUnavailableError, ModelError
+from edge_agent.util.cpus import threads_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ class TFLiteBackend:
         path = Path(path)
         interpreter_cls = load_interpreter_class()
         try:
-            self.interpreter = interpreter_cls(model_path=str(path), num_threads=threads or None)
+            # LiteRT left to itself runs one thread: "no count" means every usable CPU here
+            self.interpreter = interpreter_cls(model_path=str(path), num_threads=threads_per_worker(threads))
             self.interpreter.allocate_tensors()
         except Exception as exc:
             raise ModelError(f"{path}: not a loadable TFLite model ({str(exc).splitlines()[0][:200]}); "
