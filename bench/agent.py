@@ -104,13 +104,14 @@ def config_supports() -> dict[str, bool]:
 
 
 def write_agent_config(path: Path, setup: AgentSetup, *, video: Path, broker_url: str, state_dir: Path,
-                       base: Path = BASE_CONFIG) -> Path:
-    """The base device config with the bench's changes (see the module docstring)."""
+                       base: Path = BASE_CONFIG, supports: dict[str, bool] | None = None) -> Path:
+    """The base device config with the bench's changes (see the module docstring). ``supports``:
+    the optional keys the agent that will read it knows (default: this checkout's)."""
     try:
         cfg = yaml.safe_load(base.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise BenchError(f"--agent-config {base}: unreadable ({exc})") from None
-    supports = config_supports()
+    supports = supports if supports is not None else config_supports()
     model = {**(cfg.get("model") or {}), "path": str(setup.model), "backend": setup.backend,
              "threads": setup.threads, "precision": setup.precision if setup.from_bundle else None}
     if setup.backend == "tflite":
