@@ -16,6 +16,7 @@ from typing import Any
 
 from edge_agent.config.errors import ConfigError, ConfigIssue, printable
 from edge_agent.config.loader import LoadedConfig, load_config_located
+from edge_agent.util.cpus import threads_per_worker
 
 ONNX_INSTALL = ("onnxruntime is not installed here: pip install onnxruntime (onnxruntime-gpu for CUDA, the Jetson "
                 "wheel on a Jetson), or use backend tflite")
@@ -24,7 +25,9 @@ ONNX_INSTALL = ("onnxruntime is not installed here: pip install onnxruntime (onn
 def _summary(cfg: Any) -> str:
     model = cfg.model
     model_text = str(model.path) if model.path else "shipped reference bundle"
-    runtime = f"{model.backend}, {model.threads or 'all'} thread(s)"
+    threads = threads_per_worker(model.threads, model.workers)
+    runtime = (f"{model.backend}, {model.workers} worker(s) x {threads} thread(s)" if model.workers > 1
+               else f"{model.backend}, {threads} thread(s)")
     if model.backend == "onnx":
         runtime += f", providers {'/'.join(model.providers)}"
     mqtt = cfg.mqtt
