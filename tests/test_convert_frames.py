@@ -10,22 +10,12 @@ import torch
 from edge_agent.contract import InferenceContract
 from edge_agent.detectors import open_model
 from tests.convert_fixtures import EXPORT_HW, synthetic_pavement, tiny_chain
+from tests.tiny_models import tiny_torch_model
 
 
 def random_reference_network(seed: int = 0, widths=(16, 32, 32, 32, 32)):
     """The reference architecture with random weights and non-trivial batch-norm statistics."""
-    from reference_model.network import build_reference_model
-
-    torch.manual_seed(seed)
-    model = build_reference_model({"widths": list(widths)})
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    return model.eval()
+    return tiny_torch_model(seed, widths, mean=0.5, var=(0.5, 2.0), bias=0.2)
 
 
 def reference_probabilities(module, contract: InferenceContract, frame: np.ndarray) -> np.ndarray:

@@ -9,22 +9,30 @@ import numpy as np
 TINY_WIDTHS = [16, 16, 16, 16, 16]
 
 
-def tiny_torch_model(seed: int = 0):
+def with_batchnorm_statistics(model, mean: float = 0.2, var: tuple[float, float] = (0.5, 1.5), bias: float = 0.1):
+    """Non-trivial BatchNorm statistics (uniform in the given ranges), so that folding the
+    batch norms at export is actually exercised; the model in eval mode."""
+    import torch
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-mean, mean)
+                m.running_var.uniform_(*var)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-bias, bias)
+    return model.eval()
+
+
+def tiny_torch_model(seed: int = 0, widths=TINY_WIDTHS, **batchnorm):
+    """The reference architecture at ``widths`` with random weights (``seed``) and batch-norm
+    statistics (``with_batchnorm_statistics`` ranges)."""
     import torch
 
     from reference_model.network import build_reference_model
 
     torch.manual_seed(seed)
-    model = build_reference_model({"widths": TINY_WIDTHS})
-    # Non-trivial BatchNorm statistics so folding at export is actually exercised.
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.1, 0.1)
-    return model.eval()
+    return with_batchnorm_statistics(build_reference_model({"widths": list(widths)}), **batchnorm)
 
 
 def export_onnx(model, path: Path, input_size: tuple[int, int] | None, threshold: float = 0.5) -> Path:
