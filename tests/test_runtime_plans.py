@@ -204,3 +204,19 @@ def test_naming_the_backend_opens_no_session():
     seg.probabilities(frame(320, 480))
     assert seg.backend_name == "tflite"
     assert [a.is_open for a in seg.artifacts] == [False, True]  # largest first: the 720p one stays closed
+
+
+def test_the_update_selftest_leaves_only_what_frames_open():
+    """An update's selftest opens every artifact; the model swapped in must not keep them all
+    (a 320x480 camera would carry the 720p interpreter until the next restart)."""
+    pytest.importorskip("ai_edge_litert")
+    from edge_agent.bundle import load_bundle
+    from edge_agent.detectors.runtime import REFERENCE_BUNDLE
+    from edge_agent.updates.device import selftest_segmenter
+
+    seg = open_model(backend="tflite", precision="int8", threads=1)
+    result = selftest_segmenter(seg, load_bundle(REFERENCE_BUNDLE))
+    assert result["passed"]
+    assert not any(a.is_open for a in seg.artifacts)
+    prob = seg.probabilities(frame(320, 480, seed=3))
+    assert prob.shape == (320, 480) and [a.is_open for a in seg.artifacts] == [False, True]

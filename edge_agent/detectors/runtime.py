@@ -121,6 +121,13 @@ class Artifact:
     def is_open(self) -> bool:
         return self._backend is not None
 
+    def close(self) -> None:
+        """Drop the session (opened again when a frame needs it): a self-test opens every
+        artifact, and a camera uses one of them."""
+        with self._lock:
+            self._backend = None
+            self._adapter = None
+
     def copy(self) -> Artifact:
         """The same model file for another thread: a session that may be shared (onnxruntime's
         ``run`` is thread-safe) is shared, others (a TFLite interpreter) are opened anew; input
@@ -200,6 +207,11 @@ class Segmenter:
                          tile_overlap=self.tile_overlap, frame_gsd_mm_per_px=self.frame_gsd)
         twin._plans = dict(self._plans)
         return twin
+
+    def close_sessions(self) -> None:
+        """Close every artifact's session; each is opened again on the first frame that needs it."""
+        for art in self.artifacts:
+            art.close()
 
     def only(self, index: int) -> Segmenter:
         """A segmenter over artifact ``index`` alone, without resampling (the selftest of one file)."""
