@@ -132,9 +132,10 @@ def sha256_of(path: Path) -> str:
     return sha256_file(path)
 
 
-def flip_byte(path: Path) -> None:
+def flip_byte(path: Path, offset: int | None = None) -> None:
+    """Flip the lowest bit of one byte of ``path``: the one at ``offset``, the middle one by default."""
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
+    data[len(data) // 2 if offset is None else offset] ^= 0x01
     path.write_bytes(bytes(data))
 
 

@@ -21,7 +21,7 @@ from edge_agent.bundle import (
 )
 from edge_agent.bundle.manifest import version_key
 from edge_agent.contract import InferenceContract
-from tests.bundles import make_keys, tar_archive
+from tests.bundles import flip_byte, make_keys, tar_archive
 from tests.tiny_models import export_onnx, tiny_torch_model
 
 SIZE = (64, 96)
@@ -30,12 +30,6 @@ SIZE = (64, 96)
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory) -> Path:
     return export_onnx(tiny_torch_model(), tmp_path_factory.mktemp("src") / "model.onnx", SIZE)
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    key, public = make_keys(tmp_path_factory.mktemp("keys"))
-    return key, public.read_bytes()
 
 
 def make_bundle(root: Path, onnx_file: Path, signer=None, version: str = "1.0.0") -> Path:
@@ -49,15 +43,9 @@ def make_bundle(root: Path, onnx_file: Path, signer=None, version: str = "1.0.0"
     return root
 
 
-def flip_byte(path: Path, offset: int | None = None) -> None:
-    data = bytearray(path.read_bytes())
-    i = len(data) // 2 if offset is None else offset
-    data[i] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
 def test_directory_bundle_loads_and_runs(tmp_path, onnx_file, keys):
-    key, pub = keys
+    key, public = keys  # conftest's module-scoped pair: (key, public.pem)
+    pub = public.read_bytes()
     root = make_bundle(tmp_path / "b", onnx_file, key.sign)
     bundle = load_bundle(root, public_key=pub, require_signature=True)
     assert bundle.signed and bundle.name == "tiny" and bundle.version == "1.0.0"
@@ -77,7 +65,8 @@ def test_directory_bundle_loads_and_runs(tmp_path, onnx_file, keys):
 
 @pytest.mark.parametrize("suffix", [".tar.gz", ".zip", ".tar"])
 def test_archives_round_trip_and_are_reproducible(tmp_path, onnx_file, keys, suffix):
-    key, pub = keys
+    key, public = keys  # conftest's module-scoped pair: (key, public.pem)
+    pub = public.read_bytes()
     root = make_bundle(tmp_path / "b", onnx_file, key.sign)
     a1 = pack_archive(root, tmp_path / f"one{suffix}")
     a2 = pack_archive(root, tmp_path / f"two{suffix}")
@@ -109,7 +98,8 @@ def test_truncated_or_missing_artifact_is_refused(tmp_path, onnx_file):
 
 
 def test_changed_manifest_byte_is_refused_signed_or_not(tmp_path, onnx_file, keys):
-    key, pub = keys
+    key, public = keys  # conftest's module-scoped pair: (key, public.pem)
+    pub = public.read_bytes()
     unsigned = make_bundle(tmp_path / "u", onnx_file)
     text = (unsigned / "manifest.json").read_text()
     (unsigned / "manifest.json").write_text(text.replace('"threshold": 0.4', '"threshold": 0.1'))
@@ -123,7 +113,8 @@ def test_changed_manifest_byte_is_refused_signed_or_not(tmp_path, onnx_file, key
 
 
 def test_wrong_key_and_unsigned_when_required_are_refused(tmp_path, onnx_file, keys):
-    key, pub = keys
+    key, public = keys  # conftest's module-scoped pair: (key, public.pem)
+    pub = public.read_bytes()
     other, _ = make_keys(tmp_path / "other")
     forged = make_bundle(tmp_path / "f", onnx_file, other.sign)
     with pytest.raises(BundleError, match="manifest.sig: signature does not match"):
@@ -215,7 +206,8 @@ def test_not_a_bundle_errors_name_the_path(tmp_path):
 def test_public_key_forms(tmp_path, onnx_file, keys):
     from cryptography.hazmat.primitives import serialization
 
-    key, pub = keys
+    key, public = keys  # conftest's module-scoped pair: (key, public.pem)
+    pub = public.read_bytes()
     root = make_bundle(tmp_path / "b", onnx_file, key.sign)
     (tmp_path / "pub.pem").write_bytes(pub)
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

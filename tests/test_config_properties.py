@@ -2,8 +2,9 @@
 
 Generated YAML text, values of every type in every field (non-finite and huge numbers,
 nesting, odd strings), anchors/aliases/merge keys and environment variables are thrown at
-the loader. The properties: no exception other than ConfigError, no example slower than the
-deadline (no hang, no alias expansion), every issue a single ``SOURCE[:LINE]: ...`` line, and
+the loader. The properties: no exception other than ConfigError, no case taking more than
+CASE_SECONDS of this process's CPU time (no hang, no alias expansion; CPU time, not wall
+clock, so a busy machine does not fail it), every issue a single ``SOURCE[:LINE]: ...`` line, and
 a config that loads holds only finite numbers. 10,000 cases per run in all (2,000 examples
 of 5 each; 7,000 of them random text, the cheapest): about 20 s on a 2-core machine at load 7.
 """
@@ -17,7 +18,6 @@ import string
 import time
 import typing
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,11 @@ SOURCE = "gen.yaml"
 BASE = Path("/nonexistent-crackseg-config-dir")  # relative model paths resolve here: never a real file
 MINIMAL = {"device_id": "van-07", "camera": {"source": "/dev/video0"}}
 # Each example loads BATCH cases: hypothesis's own cost per example (~2 ms on a busy machine) is
-# then paid once per BATCH loads. CASE_SECONDS bounds every single load (a small one takes ~2 ms).
+# then paid once per BATCH loads. CASE_SECONDS bounds the CPU time (time.process_time) of every
+# single load (a small one takes ~2 ms); hypothesis's wall-clock deadline is off (shared machines).
 BATCH = 5
 CASE_SECONDS = 0.5
-SETTINGS = {"deadline": timedelta(seconds=BATCH * CASE_SECONDS), "database": None,
+SETTINGS = {"deadline": None, "database": None,
             "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
 CASES = [0]
 
@@ -54,11 +55,12 @@ def bounded_memory() -> Iterator[None]:
 def load(text: str, environ: dict[str, str] | None = None) -> AgentConfig | None:
     """The properties every outcome must have; the config when it loaded, None when refused."""
     CASES[0] += 1
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     try:
         loaded = load_config_text(text, SOURCE, BASE, environ=environ or {})
     except ConfigError as exc:
-        assert time.perf_counter() - t0 < CASE_SECONDS, f"{time.perf_counter() - t0:.2f} s to refuse {text[:200]!r}"
+        cpu = time.process_time() - t0
+        assert cpu < CASE_SECONDS, f"{cpu:.2f} s of CPU to refuse {text[:200]!r}"
         assert exc.issues
         for issue in exc.issues:
             shown = str(issue)
@@ -66,7 +68,8 @@ def load(text: str, environ: dict[str, str] | None = None) -> AgentConfig | None
             assert issue.source == SOURCE or issue.source.startswith("env "), issue
             assert issue.line is None or 1 <= issue.line <= text.count("\n") + 2, issue
         return None
-    assert time.perf_counter() - t0 < CASE_SECONDS, f"{time.perf_counter() - t0:.2f} s to load {text[:200]!r}"
+    cpu = time.process_time() - t0
+    assert cpu < CASE_SECONDS, f"{cpu:.2f} s of CPU to load {text[:200]!r}"
     assert_finite(loaded.config.model_dump())
     return loaded.config
 

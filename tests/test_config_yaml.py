@@ -40,10 +40,10 @@ def alias_bomb(levels: int, width: int = 9) -> str:
 
 def test_alias_bomb_is_refused_at_the_alias_line_quickly(tmp_path: Path):
     text = MINIMAL + alias_bomb(6)  # 531441 values; the old loader took ~2 s and 150 MB here
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time of this process: a busy machine does not fail the test
     with pytest.raises(ConfigError) as exc:
         load_config(write(tmp_path, text), environ={})
-    assert time.perf_counter() - t0 < 1.0
+    assert time.process_time() - t0 < 1.0  # a runaway expansion still does
     [issue] = exc.value.issues
     assert issue.line is not None and 5 <= issue.line <= 9  # an alias line of the bomb, not the top
     assert f"more than {MAX_ALIAS_VALUES} values" in issue.message and "alias *l" in issue.message
@@ -120,10 +120,10 @@ def test_a_merged_bad_value_names_the_line_where_it_is_written(tmp_path: Path):
     ("a: \x01\n", "special characters are not allowed", None),
 ])
 def test_hostile_yaml_is_a_config_error_with_a_line(text: str, message: str, line: int | None):
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU time, not wall clock: only a runaway parse fails this
     with pytest.raises(ConfigError) as exc:
         parse_yaml_with_lines(text, "f.yaml")
-    assert time.perf_counter() - t0 < 2.0
+    assert time.process_time() - t0 < 2.0
     [issue] = exc.value.issues
     assert message in issue.message and issue.source == "f.yaml" and issue.line == line
 

@@ -90,9 +90,10 @@ def test_dockerfile_structure(dockerfile: Path) -> None:
     assert [i for i, (w, _) in enumerate(final) if w == "USER"][-1] > max(
         i for i, (w, _) in enumerate(final) if w in ("RUN", "COPY")), "nothing runs as root after USER"
     # every COPY source exists and the Dockerfile's own .dockerignore lets it through
-    ignore = dockerfile.with_name(dockerfile.name + ".dockerignore").read_text().split()
+    lines = dockerfile.with_name(dockerfile.name + ".dockerignore").read_text().splitlines()
+    ignore = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     allowed = [p[1:].rstrip("/") for p in ignore if p.startswith("!")]
-    assert ignore[ignore.index("*") if "*" in ignore else 0] == "*", "the context is an allow-list"
+    assert ignore and ignore[0] == "*", f"the context is an allow-list: the first pattern must be '*', not {ignore[:1]}"
     for w, rest in ins:
         if w == "COPY" and "--from=" not in rest:
             for src in shlex.split(rest)[:-1]:

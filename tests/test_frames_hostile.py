@@ -107,12 +107,20 @@ def test_any_array_is_a_frame_or_a_reason(shape, dtype):
 
     arr = np.zeros(shape, dtype=dtype)
     problem = frame_problem(arr)
-    assert problem is None or isinstance(problem, str)
     try:
         bgr = as_bgr_frame(arr)
     except FrameError:
+        # The segmenter refuses it: the capture check must refuse it too, with a reason.
+        assert isinstance(problem, str) and problem, (shape, dtype)
         return
-    assert bgr.dtype == np.uint8 and bgr.ndim == 3 and bgr.shape[2] == 3
+    # Whatever the segmenter accepts (grey, BGR, BGRA) becomes a frame the capture check accepts,
+    # and a frame the capture check already accepts is handed on as it is.
+    assert frame_problem(bgr) is None, (shape, dtype, frame_problem(bgr))
+    assert bgr.dtype == np.uint8 and bgr.ndim == 3 and bgr.shape[2] == 3 and bgr.shape[:2] == arr.shape[:2]
+    if problem is None:
+        assert bgr is arr
+    else:
+        assert isinstance(problem, str) and problem
 
 
 def test_the_pixel_limit_is_a_setting(tmp_path: Path):

@@ -21,7 +21,6 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
@@ -33,6 +32,7 @@ from edge_agent.updates.audit import AuditLog
 from edge_agent.updates.commands import UpdateCommands
 from edge_agent.updates.manager import Settings, UpdateManager
 from edge_agent.updates.signed_commands import command_verifier_for, sign_command
+from tests.bundles import make_keys
 
 SECRET = (b"root:$6$not-really-a-hash:19000:0:99999:7:::\n" * 80)[:3187]  # a size no config value has
 TOPIC = "crackseg/van-1/cmd/model-update"
@@ -181,10 +181,7 @@ def test_http_failures_echo_no_remote_content(tmp_path, intranet) -> None:
 # -- signatures for the commands that change the model ----------------------------------------------
 @pytest.fixture
 def keyed(tmp_path) -> tuple[Ed25519PrivateKey, UpdatesConfig]:
-    key = Ed25519PrivateKey.generate()
-    pub = tmp_path / "office.pem"
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    key, pub = make_keys(tmp_path / "office-key")
     return key, UpdatesConfig(enabled=True, command_public_keys=[{"key_id": "office", "file": pub}])
 
 

@@ -31,7 +31,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -47,6 +46,7 @@ from edge_agent.updates.manager import Settings, UpdateManager
 from edge_agent.updates.signed_commands import command_verifier_for, sign_command
 from edge_agent.updates.state import Job
 from edge_agent.updates.store import ModelStore, UpdateError
+from tests.bundles import make_keys
 
 SCALE = float(os.environ.get("EXAMPLES_SCALE", "1"))
 REFUSALS = (CommandError, UpdateError, BundleError)
@@ -146,11 +146,7 @@ def _utf8(text: str) -> bool:
 @pytest.fixture(scope="module")
 def keyed(scratch) -> tuple[Ed25519PrivateKey, UpdatesConfig]:
     folder = scratch / "key"
-    folder.mkdir()
-    key = Ed25519PrivateKey.generate()
-    pub = folder / "office.pem"
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    key, pub = make_keys(folder)
     root = folder / "usb"
     root.mkdir()
     # unsigned commands allowed, so that random bodies reach the handlers; signed ones are verified
