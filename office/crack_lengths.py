@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from office.geo import FloatArray
-from office.lines import frame_for, principal_axis
+from office.lines import frame_for, polyline_length, principal_axis
 
 PASS_GAP_S = 30.0   # sightings of one vehicle this close in time are one pass (a track the tracker split)
 WHOLE_SHARE = 0.8   # a crack "seen whole" in one frame must be at least this share of its parts' extent
@@ -78,6 +78,6 @@ def parts_length(pieces: Sequence[FloatArray]) -> float:
         tt = (xy - mean) @ u
         extent = float(tt.max() - tt.min())
         if extent > 0.1:
-            ratios.append(float(np.sum(np.hypot(*np.diff(xy, axis=0).T))) / extent)
+            ratios.append(polyline_length(xy) / extent)
     tortuosity = min(1.5, max(1.0, float(np.median(ratios)))) if ratios else 1.0
     return float(t.max() - t.min()) * tortuosity

@@ -98,11 +98,9 @@ def vehicle_to_enu(ahead: npt.ArrayLike, right: npt.ArrayLike, heading_deg: npt.
 
 def enu_to_vehicle(east: npt.ArrayLike, north: npt.ArrayLike, heading_deg: npt.ArrayLike,
                    ) -> tuple[FloatArray, FloatArray]:
-    """Inverse of ``vehicle_to_enu`` (a rotation: its transpose)."""
-    h = np.radians(np.asarray(heading_deg, dtype=np.float64))
-    e = np.asarray(east, dtype=np.float64)
-    n = np.asarray(north, dtype=np.float64)
-    return e * np.sin(h) + n * np.cos(h), e * np.cos(h) - n * np.sin(h)
+    """Inverse of ``vehicle_to_enu``: its matrix [[sin h, cos h], [cos h, -sin h]] is symmetric and orthogonal
+    (a reflection, determinant -1, since (ahead, right) is a left-handed frame), so it is its own inverse."""
+    return vehicle_to_enu(east, north, heading_deg)
 
 
 def enu_to_lonlat(lon0: npt.ArrayLike, lat0: npt.ArrayLike, east: npt.ArrayLike, north: npt.ArrayLike,

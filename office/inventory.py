@@ -25,7 +25,6 @@ The step is incremental (only observations with no crack yet) and runs under the
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections import Counter
 from collections.abc import Sequence
@@ -40,7 +39,7 @@ from office.config import InventoryConfig
 from office.crack_lengths import pass_lengths
 from office.crack_queries import CHUNK, MAX_CRACK_DEG
 from office.geo import FloatArray
-from office.grid import cells, new_blocks
+from office.grid import GridIndex, expand, new_blocks
 from office.lines import (
     LocalFrame,
     angle_diff_deg,
@@ -51,6 +50,7 @@ from office.lines import (
     line_wkt,
     overlap_share,
     parse_line,
+    polyline_length,
 )
 from office.store.database import Database
 
@@ -110,12 +110,6 @@ class MergeResult:
     old_segments: set[int] = field(default_factory=set)
 
 
-def _expand(bbox: tuple[float, float, float, float], metres: float) -> tuple[float, float, float, float]:
-    dlat = metres / 111_000.0
-    dlon = metres / (111_000.0 * max(0.05, math.cos(math.radians((bbox[1] + bbox[3]) / 2))))
-    return bbox[0] - dlon, bbox[1] - dlat, bbox[2] + dlon, bbox[3] + dlat
-
-
 def _bbox(coords: FloatArray) -> tuple[float, float, float, float]:
     return float(coords[:, 0].min()), float(coords[:, 1].min()), float(coords[:, 0].max()), float(coords[:, 1].max())
 
@@ -131,8 +125,7 @@ def merged_line(pieces: Sequence[FloatArray], cfg: InventoryConfig) -> tuple[Flo
     frame = frame_for(float(pieces[0][0, 0]), float(pieces[0][0, 1]))
     xy = np.vstack([densify(frame.to_xy(p), cfg.centreline_bin_m / 2) for p in pieces])
     line = centreline(xy, cfg.centreline_bin_m)
-    length = float(np.sum(np.hypot(*np.diff(line, axis=0).T))) if len(line) > 1 else 0.0
-    return frame.to_lonlat(line), length
+    return frame.to_lonlat(line), polyline_length(line)
 
 
 class Merger:
@@ -141,7 +134,7 @@ class Merger:
     def __init__(self, conn: Connection, db: Database, cfg: InventoryConfig, now: datetime):
         self.conn, self.db, self.t, self.cfg, self.now = conn, db, db.t, cfg, now
         self.states: dict[int, CrackState] = {}
-        self.grid: dict[tuple[int, int], set[int]] = {}
+        self.grid = GridIndex(GRID_DEG)
         self.blocks: set[tuple[int, int]] = set()
         self.absorbed_into: dict[int, int] = {}
         self.result = MergeResult()
@@ -151,14 +144,12 @@ class Merger:
     def _index(self, state: CrackState) -> None:
         box = state.bbox()
         if box is not None:
-            for cell in cells(box, GRID_DEG):
-                self.grid.setdefault(cell, set()).add(state.id)
+            self.grid.add(state.id, box)
 
     def _unindex(self, state: CrackState) -> None:
         box = state.bbox()
         if box is not None:
-            for cell in cells(box, GRID_DEG):
-                self.grid.get(cell, set()).discard(state.id)
+            self.grid.discard(state.id, box)
 
     def _prefetch(self, bbox: tuple[float, float, float, float]) -> None:
         """Load the cracks of every database block the box touches (once per run)."""
@@ -177,11 +168,8 @@ class Merger:
                 self._index(st)
 
     def _near(self, bbox: tuple[float, float, float, float]) -> list[CrackState]:
-        ids: set[int] = set()
-        for cell in cells(bbox, GRID_DEG):
-            ids |= self.grid.get(cell, set())
         out = []
-        for i in sorted(ids):
+        for i in self.grid.near(bbox):
             st = self.states[i]
             b = st.bbox()
             if b and b[0] <= bbox[2] and b[2] >= bbox[0] and b[1] <= bbox[3] and b[3] >= bbox[1]:
@@ -274,16 +262,15 @@ class Merger:
         self._index(st)
         self.result.touched.add(st.id)
 
-    def _similar(self, frame: LocalFrame, g_xy: FloatArray, g_alligator: bool,
+    def _similar(self, frame: LocalFrame, g_xy: FloatArray, g_length: float, g_alligator: bool,
                  st: CrackState) -> tuple[float, float] | None:
+        """``g_length``: ``polyline_length(g_xy)``, computed once per group by the caller."""
         assert st.line is not None
         c_xy = frame.to_xy(st.line)
         share, dist = overlap_share(g_xy, c_xy, self.cfg.tolerance_m)
         if share < self.cfg.min_overlap:
             return None
-        lg = float(np.sum(np.hypot(*np.diff(g_xy, axis=0).T)))
-        lc = float(np.sum(np.hypot(*np.diff(c_xy, axis=0).T)))
-        if (min(lg, lc) >= self.cfg.min_angle_length_m and not g_alligator and not st.alligator
+        if (min(g_length, polyline_length(c_xy)) >= self.cfg.min_angle_length_m and not g_alligator and not st.alligator
                 and angle_diff_deg(axis_angle_deg(g_xy), axis_angle_deg(c_xy)) > self.cfg.max_angle_deg):
             return None
         return share, dist
@@ -295,13 +282,14 @@ class Merger:
             return self._create(g, None)
         line, _ = merged
         box = _bbox(line)
-        self._prefetch(_expand(box, self.cfg.tolerance_m + 1.0))
+        self._prefetch(expand(box, self.cfg.tolerance_m + 1.0))
         frame = frame_for(float(line[0, 0]), float(line[0, 1]))
         g_xy = frame.to_xy(line)
+        g_length = polyline_length(g_xy)
         g_alligator = g.types.most_common(1)[0][0] == "alligator"
         scored = []
-        for st in self._near(_expand(box, self.cfg.tolerance_m)):
-            s = self._similar(frame, g_xy, g_alligator, st)
+        for st in self._near(expand(box, self.cfg.tolerance_m)):
+            s = self._similar(frame, g_xy, g_length, g_alligator, st)
             if s is not None:
                 scored.append((-s[0], s[1], st.id))
         if not scored:

@@ -69,6 +69,11 @@ def line_wkt(coords: FloatArray) -> str:
     return "LINESTRING(" + ",".join(f"{x:.8f} {y:.8f}" for x, y in pts) + ")"
 
 
+def polyline_length(xy: FloatArray) -> float:
+    """Length of a polyline in metres (points in metres; 0 for fewer than two points)."""
+    return float(np.sum(np.hypot(*np.diff(xy, axis=0).T))) if len(xy) > 1 else 0.0
+
+
 def densify(xy: FloatArray, step: float) -> FloatArray:
     """Points every ``step`` metres along a polyline (the vertices kept), so long straight pieces weigh
     as much as their length in a centreline."""

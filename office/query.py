@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select, text, union
+from sqlalchemy import Connection, Select, func, select, text, union
 
 from office.errors import UserError
 from office.lines import parse_line
@@ -77,13 +77,22 @@ def _coords(wkt: str | None) -> list[list[float]] | None:
     return [[round(float(x), COORD_DIGITS), round(float(y), COORD_DIGITS)] for x, y in line]
 
 
-def stats(db: Database) -> dict[str, Any]:
-    """The headline numbers (the keys of ``crackseg-office stats --json``) plus per-device detail."""
+def missing_by_device(conn: Connection) -> dict[str, int]:
+    """device id -> how many sequence numbers are missing (devices without a gap are absent)."""
+    return {r.device_id: int(r.missing) for r in conn.execute(
+        text("SELECT device_id, SUM(missing) AS missing FROM seq_gaps GROUP BY device_id"))}
+
+
+def stats(db: Database, *, per_device: bool = True) -> dict[str, Any]:
+    """The headline numbers (the keys of ``crackseg-office stats --json``) plus, with ``per_device``
+    (the default), the per-device detail."""
     t = db.t
     with db.connect() as conn:
         def one(stmt: Any) -> int:
             return int(conn.execute(stmt).scalar() or 0)
 
+        # one pass over the seq_gaps window query: per device when the detail is wanted, else the total
+        gaps = missing_by_device(conn) if per_device else None
         devices_q = union(select(t.detection_messages.c.device_id), select(t.devices.c.device_id)).subquery()
         out: dict[str, Any] = {
             "messages": one(select(func.count()).select_from(t.detection_messages)),
@@ -91,7 +100,8 @@ def stats(db: Database) -> dict[str, Any]:
             "cracks": one(select(func.count()).select_from(t.cracks)),
             "cracks_unplaced": one(select(func.count()).select_from(t.cracks).where(t.cracks.c.geom.is_(None))),
             "segments": one(select(func.count()).select_from(t.segments)),
-            "seq_gaps": one(text("SELECT COALESCE(SUM(missing), 0) FROM seq_gaps")),
+            "seq_gaps": (sum(gaps.values()) if gaps is not None
+                         else one(text("SELECT COALESCE(SUM(missing), 0) FROM seq_gaps"))),
             "duplicates_ignored": one(select(func.coalesce(func.sum(t.ingest_counters.c.duplicates), 0))),
             "quarantined": one(select(func.count()).select_from(t.quarantine)),
             "observations": one(select(func.count()).select_from(t.crack_observations)),
@@ -106,30 +116,33 @@ def stats(db: Database) -> dict[str, Any]:
             "crack_length_m": round(float(conn.execute(select(func.coalesce(func.sum(t.cracks.c.length_m), 0.0)))
                                           .scalar() or 0.0), 3),
         }
-        m = t.detection_messages.c
-        gaps = {r.device_id: int(r.missing) for r in conn.execute(
-            text("SELECT device_id, SUM(missing) AS missing FROM seq_gaps GROUP BY device_id"))}
-        state = {r.device_id: r for r in conn.execute(select(t.devices.c.device_id, t.devices.c.state,
-                                                             t.devices.c.state_received_at))}
-        per_device = []
-        for r in conn.execute(select(m.device_id, func.count().label("n"), func.min(m.seq).label("first"),
-                                     func.max(m.seq).label("last"), func.max(m.ts).label("last_ts"))
-                              .group_by(m.device_id).order_by(m.device_id)):
-            st = state.get(r.device_id)
-            per_device.append({"device_id": r.device_id, "messages": int(r.n), "first_seq": int(r.first),
-                               "last_seq": int(r.last), "missing": gaps.get(r.device_id, 0),
-                               "last_capture": iso(r.last_ts), "state": st.state if st else None})
-        for dev, st in sorted(state.items()):
-            if not any(d["device_id"] == dev for d in per_device):
-                per_device.append({"device_id": dev, "messages": 0, "first_seq": None, "last_seq": None,
-                                   "missing": 0, "last_capture": None, "state": st.state})
-        out["per_device"] = per_device
+        if gaps is not None:
+            out["per_device"] = _per_device(conn, t, gaps)
         q = t.quarantine.c
         out["quarantine_reasons"] = [
             {"reason": r.reason, "messages": int(r.n)} for r in conn.execute(
                 select(q.reason, func.count().label("n")).group_by(q.reason).order_by(func.count().desc(), q.reason)
                 .limit(10))]
     return out
+
+
+def _per_device(conn: Connection, t: Any, gaps: dict[str, int]) -> list[dict[str, Any]]:
+    m = t.detection_messages.c
+    state = {r.device_id: r for r in conn.execute(select(t.devices.c.device_id, t.devices.c.state,
+                                                         t.devices.c.state_received_at))}
+    per_device = []
+    for r in conn.execute(select(m.device_id, func.count().label("n"), func.min(m.seq).label("first"),
+                                 func.max(m.seq).label("last"), func.max(m.ts).label("last_ts"))
+                          .group_by(m.device_id).order_by(m.device_id)):
+        st = state.get(r.device_id)
+        per_device.append({"device_id": r.device_id, "messages": int(r.n), "first_seq": int(r.first),
+                           "last_seq": int(r.last), "missing": gaps.get(r.device_id, 0),
+                           "last_capture": iso(r.last_ts), "state": st.state if st else None})
+    for dev, st in sorted(state.items()):
+        if not any(d["device_id"] == dev for d in per_device):
+            per_device.append({"device_id": dev, "messages": 0, "first_seq": None, "last_seq": None,
+                               "missing": 0, "last_capture": None, "state": st.state})
+    return per_device
 
 
 def _filtered(stmt: Select[Any], table: Any, flt: Filter, since_col: str) -> Select[Any]:

@@ -40,8 +40,16 @@ from office.condition import condition_index, rating
 from office.config import SegmentConfig
 from office.crack_queries import CHUNK, crack_midpoints
 from office.geo import FloatArray
-from office.grid import cells, new_blocks
-from office.lines import LocalFrame, frame_for, heading_diff_deg, line_wkt, parse_line, point_on_line
+from office.grid import GridIndex, expand, new_blocks
+from office.lines import (
+    LocalFrame,
+    frame_for,
+    heading_diff_deg,
+    line_wkt,
+    parse_line,
+    point_on_line,
+    polyline_length,
+)
 from office.store.database import Database
 
 GRID_DEG = 0.0005
@@ -59,12 +67,13 @@ class SegState:
     device_id: str = ""
     first_seen: datetime | None = None
     _box: tuple[float, float, float, float] | None = None
-    _xy: tuple[int, FloatArray] | None = None
+    # the frame itself, not its id(): an id can be reused by another frame once one is freed
+    _xy: tuple[LocalFrame, FloatArray] | None = None
 
     def set_coords(self, coords: FloatArray, xy: tuple[LocalFrame, FloatArray] | None = None) -> None:
         """New line (lon/lat); ``xy``: the same line in a frame's metres, when the caller has it."""
         self.coords, self._box = coords, None
-        self._xy = (id(xy[0]), xy[1]) if xy is not None else None
+        self._xy = xy
 
     def bbox(self) -> tuple[float, float, float, float]:
         if self._box is None:
@@ -74,8 +83,8 @@ class SegState:
 
     def xy(self, frame: LocalFrame) -> FloatArray:
         """The line in ``frame``'s metres, cached (a segment is compared with many positions)."""
-        if self._xy is None or self._xy[0] != id(frame):
-            self._xy = (id(frame), frame.to_xy(self.coords))
+        if self._xy is None or self._xy[0] is not frame:
+            self._xy = (frame, frame.to_xy(self.coords))
         return self._xy[1]
 
 
@@ -100,23 +109,13 @@ class SegmentResult:
     new_bbox: tuple[float, float, float, float] | None = None
 
 
-def _expand(lon: float, lat: float, metres: float) -> tuple[float, float, float, float]:
-    dlat = metres / 111_000.0
-    dlon = metres / (111_000.0 * max(0.05, math.cos(math.radians(lat))))
-    return lon - dlon, lat - dlat, lon + dlon, lat + dlat
-
-
-def _length(xy: FloatArray) -> float:
-    return float(np.sum(np.hypot(*np.diff(xy, axis=0).T))) if len(xy) > 1 else 0.0
-
-
 class SegmentBuilder:
     """Places pending positions on segments, creating and cutting segments as vehicles drive."""
 
     def __init__(self, conn: Connection, db: Database, cfg: SegmentConfig, now: datetime):
         self.conn, self.db, self.t, self.cfg, self.now = conn, db, db.t, cfg, now
         self.states: dict[int, SegState] = {}
-        self.grid: dict[tuple[int, int], set[int]] = {}
+        self.grid = GridIndex(GRID_DEG)
         self.blocks: set[tuple[int, int]] = set()
         self.result = SegmentResult()
         self.assign: list[dict[str, Any]] = []
@@ -125,12 +124,10 @@ class SegmentBuilder:
 
     # -- index ----------------------------------------------------------------------------------
     def _index(self, st: SegState) -> None:
-        for cell in cells(st.bbox(), GRID_DEG):
-            self.grid.setdefault(cell, set()).add(st.id)
+        self.grid.add(st.id, st.bbox())
 
     def _unindex(self, st: SegState) -> None:
-        for cell in cells(st.bbox(), GRID_DEG):
-            self.grid.get(cell, set()).discard(st.id)
+        self.grid.discard(st.id, st.bbox())
 
     def prefetch(self, bbox: tuple[float, float, float, float]) -> None:
         s = self.t.segments.c
@@ -148,25 +145,22 @@ class SegmentBuilder:
                 self._index(st)
 
     def near(self, lon: float, lat: float, metres: float) -> list[SegState]:
-        box = _expand(lon, lat, metres)
+        box = expand((lon, lat, lon, lat), metres)
         self.prefetch(box)
-        ids: set[int] = set()
-        for cell in cells(box, GRID_DEG):
-            ids |= self.grid.get(cell, set())
-        return [self.states[i] for i in sorted(ids)]
+        return [self.states[i] for i in self.grid.near(box)]
 
     # -- placing positions ----------------------------------------------------------------------
     def _match(self, frame: LocalFrame, lon: float, lat: float, x: float, y: float,
                heading: float) -> SegState | None:
         best: tuple[float, SegState] | None = None
-        box = _expand(lon, lat, self.cfg.match_m)
+        box = expand((lon, lat, lon, lat), self.cfg.match_m)
         for st in self.near(lon, lat, self.cfg.match_m):
             b = st.bbox()
             if b[0] > box[2] or b[2] < box[0] or b[1] > box[3] or b[3] < box[1]:
                 continue
             xy = st.xy(frame)
             dist, along, bearing = point_on_line(xy, x, y)
-            if dist > self.cfg.match_m or along < -0.01 or along > _length(xy) + 0.01:
+            if dist > self.cfg.match_m or along < -0.01 or along > polyline_length(xy) + 0.01:
                 continue
             if heading_diff_deg(heading, bearing) > self.cfg.max_heading_diff_deg:
                 continue
@@ -226,7 +220,7 @@ class SegmentBuilder:
             if b.last_segment_id is not None and b.last_segment_id in self.states:
                 prev = self.states[b.last_segment_id].xy(frame)
                 _, along, _ = point_on_line(prev, x, y)
-                if along > _length(prev):
+                if along > polyline_length(prev):
                     start = prev[-1]        # chain on from the end of the segment just left
             xy = np.array([start, [x, y]])
             seg = self._create(b.device_id, frame.to_lonlat(xy), ts)
@@ -248,17 +242,17 @@ class SegmentBuilder:
     def _extend(self, seg: SegState, xy: FloatArray, frame: LocalFrame, device: str, ts: datetime) -> SegState:
         """Give ``seg`` the track ``xy`` (metres), cutting a new segment every ``length_m``."""
         length = self.cfg.length_m
-        if _length(xy) < length and len(seg.coords) == len(xy) - 1:
+        if polyline_length(xy) < length and len(seg.coords) == len(xy) - 1:
             # the common case, one more position on the open segment: convert only the new point
             coords = np.vstack([seg.coords, frame.to_lonlat(xy[-1:])])
             self._update(seg, coords, complete=False, xy=(frame, xy))
             return seg
-        while _length(xy) >= length:
+        while polyline_length(xy) >= length:
             line = LineString(xy)
             head = np.asarray(substring(line, 0, length).coords)
             tail = np.asarray(substring(line, length, line.length).coords)
             self._update(seg, frame.to_lonlat(head), complete=True, xy=(frame, head))
-            if len(tail) < 2 or _length(tail) < 1e-6:
+            if len(tail) < 2 or polyline_length(tail) < 1e-6:
                 return seg
             seg = self._create(device, frame.to_lonlat(tail), ts)
             xy = tail
@@ -303,7 +297,8 @@ class SegmentBuilder:
                     (row.last_lon, row.last_lat) if row.last_lon is not None else None, row.last_heading, row.last_ts)
         for sid in (b.open_id, b.last_segment_id):
             if sid is not None and sid not in self.states:
-                self.prefetch(_expand(*(b.last or (0.0, 0.0)), self.cfg.max_gap_m + self.cfg.length_m))
+                lon, lat = b.last or (0.0, 0.0)
+                self.prefetch(expand((lon, lat, lon, lat), self.cfg.max_gap_m + self.cfg.length_m))
         if b.open_id is not None and b.open_id not in self.states:
             b.open_id = None
         return b
@@ -325,7 +320,7 @@ class SegmentBuilder:
                 xy = frame.to_xy(st.coords)
                 d = xy[-1] - xy[0]
                 box = st.bbox()
-                rows.append({"sid": st.id, "geom": line_wkt(st.coords), "length_m": round(_length(xy), 3),
+                rows.append({"sid": st.id, "geom": line_wkt(st.coords), "length_m": round(polyline_length(xy), 3),
                              "heading_deg": round(math.degrees(math.atan2(d[0], d[1])) % 360.0, 1),
                              "complete": st.complete, "min_lon": box[0], "min_lat": box[1], "max_lon": box[2],
                              "max_lat": box[3], "updated_at": self.now})
@@ -375,7 +370,7 @@ class SegmentBuilder:
                 frame = frame_for(*mid)
                 x, y = frame.to_xy(np.array([mid]))[0]
                 for st in self.near(mid[0], mid[1], self.cfg.crack_match_m):
-                    d = float(LineString(frame.to_xy(st.coords)).distance(LineString([(x, y), (x, y)])))
+                    d = float(LineString(st.xy(frame)).distance(LineString([(x, y), (x, y)])))
                     if d <= self.cfg.crack_match_m and (best is None or d < best[0]):
                         best = (d, st.id)
             new = best[1] if best else None

@@ -106,7 +106,6 @@ class MqttReceiver:
         self._connected = False
         self.subscribed = threading.Event()
         self.last_error: str | None = None
-        self.connects = 0
         password = _password(cfg)
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=MQTTProtocolVersion.MQTTv5)
         c.manual_ack_set(True)
@@ -158,7 +157,6 @@ class MqttReceiver:
         with self._lock:
             self._generation += 1
             self._connected = True
-        self.connects += 1
         self.last_error = None
         log.info("MQTT: connected to %s:%d as %s (session present: %s)", self.host, self.port, self.client_id,
                  bool(getattr(flags, "session_present", False)))

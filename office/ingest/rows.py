@@ -18,6 +18,7 @@ import shapely
 
 from office.geo import Camera, FloatArray, PolylineBatch
 from office.messages import DetectionMessage, JsonMessage, Quarantine, SnapshotMessage
+from office.store.database import dumps
 
 GeometryFormat = Literal["wkt", "ewkb"]
 
@@ -149,8 +150,6 @@ def history_row(msg: JsonMessage, received_at: datetime, retained: bool) -> dict
 
 
 def snapshot_row(msg: SnapshotMessage, received_at: datetime) -> dict[str, Any]:
-    from office.store.database import dumps
-
     return {"msg_id": msg.msg_id, "device_id": msg.device_id, "seq": msg.seq, "ts": msg.ts, "sent_ts": msg.sent_ts,
             "received_at": received_at, "frame_index": msg.frame_index, "crack_count": msg.crack_count,
             "content_type": msg.content_type[:64], "size_bytes": len(msg.jpeg), "jpeg": msg.jpeg,

@@ -28,7 +28,7 @@ from types import FrameType
 from office.config import IngestConfig
 from office.ingest.mqtt import MqttReceiver
 from office.ingest.rows import Incoming
-from office.ingest.writer import BatchWriter, TransientDatabaseError
+from office.ingest.writer import BatchOutcome, BatchWriter, TransientDatabaseError
 from office.refresh import refresh
 from office.store.database import Database
 
@@ -121,6 +121,11 @@ class IngestWorker:
                 if self._stop.wait(delay):
                     return False
                 delay = min(delay * 2, 30.0)
+        self._count(outcome)
+        return True
+
+    def _count(self, outcome: BatchOutcome) -> None:
+        """The bookkeeping after a stored batch (both the retrying and the shutdown path)."""
         s = self.stats
         s.batches += 1
         s.stored += outcome.stored
@@ -129,7 +134,6 @@ class IngestWorker:
         s.quarantined += outcome.quarantined
         if outcome.detections:
             self._dirty.set()
-        return True
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.cfg.refresh_interval_s):
@@ -188,15 +192,10 @@ class IngestWorker:
         return self.stats
 
     def _store_once(self, batch: list[Incoming]) -> bool:
+        """Store without retrying (at shutdown); False when the database refused it (then nothing is acked)."""
         try:
-            self._store_nowait(batch)
-            return True
+            outcome = self.writer.write(batch)
         except TransientDatabaseError:
             return False
-
-    def _store_nowait(self, batch: list[Incoming]) -> None:
-        outcome = self.writer.write(batch)
-        self.stats.stored += outcome.stored
-        self.stats.detections += outcome.detections
-        self.stats.duplicates += outcome.duplicates
-        self.stats.quarantined += outcome.quarantined
+        self._count(outcome)
+        return True

@@ -27,7 +27,7 @@ from office import messages
 from office.errors import OfficeError
 from office.ingest.rows import Incoming, detection_rows, history_row, quarantine_row, snapshot_row
 from office.messages import DetectionMessage, JsonMessage, Quarantine, SnapshotMessage
-from office.store.database import Database, dumps
+from office.store.database import Database, dumps, first_line
 from office.store.pg_bulk import copy_detections
 
 log = logging.getLogger(__name__)
@@ -87,12 +87,12 @@ class BatchWriter:
                 return self._store(conn, checked)
         except Exception as err:  # noqa: BLE001 - a message that breaks the office must not stop it
             if isinstance(err, exc.DBAPIError) and is_transient(err):
-                raise TransientDatabaseError(f"database error (will retry): {_first_line(err)}") from err
+                raise TransientDatabaseError(f"database error (will retry): {first_line(err)}") from err
             if not isinstance(err, exc.DBAPIError):
                 log.exception("storing a batch of %d failed", len(checked))
             if len(checked) > 1:
                 log.warning("database refused a batch of %d (%s); splitting it to find the message",
-                            len(checked), _first_line(err))
+                            len(checked), first_line(err))
                 half = len(checked) // 2
                 out = self._write_checked(checked[:half])
                 out += self._write_checked(checked[half:])
@@ -100,10 +100,10 @@ class BatchWriter:
             item, result = checked[0]
             if isinstance(result, Quarantine):
                 # even its quarantine row (NUL-free text, bytes) cannot be written: the database's problem
-                raise TransientDatabaseError(f"cannot write a quarantine row: {_first_line(err)}") from err
+                raise TransientDatabaseError(f"cannot write a quarantine row: {first_line(err)}") from err
             who = "database refused it" if isinstance(err, exc.DBAPIError) else f"office error {type(err).__name__}"
-            log.error("%s: a message on %s: %s; quarantined", who, item.topic, _first_line(err))
-            return self._write_checked([(item, Quarantine(f"{who}: {_first_line(err)}"[:300]))])
+            log.error("%s: a message on %s: %s; quarantined", who, item.topic, first_line(err))
+            return self._write_checked([(item, Quarantine(f"{who}: {first_line(err)}"[:300]))])
 
     # -- the transaction ----------------------------------------------------------------------
     def _store(self, conn: Connection, checked: list[tuple[Incoming, messages.Checked]]) -> BatchOutcome:
@@ -138,7 +138,7 @@ class BatchWriter:
             rows = detection_rows([dets[k] for k in sorted(dets)], "ewkb" if self.db.is_postgres else "wkt")
             if self.db.is_postgres:
                 staged = [dict(row, msg_id=mid) for mid, obs_rows in rows.observations.items() for row in obs_rows]
-                new, _ = copy_detections(conn, t, rows.messages, staged)
+                new = copy_detections(conn, t, rows.messages, staged)
             else:
                 stmt = self.db.insert_ignore(t.detection_messages, "msg_id").returning(
                     t.detection_messages.c.id, t.detection_messages.c.msg_id)
@@ -237,8 +237,3 @@ class BatchWriter:
 
 def _str(value: Any, limit: int) -> str | None:
     return value[:limit] if isinstance(value, str) else None
-
-
-def _first_line(err: BaseException) -> str:
-    orig = getattr(err, "orig", None) or err
-    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]

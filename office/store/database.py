@@ -57,7 +57,8 @@ def parse_db_url(raw: str) -> URL:
                     "use sqlite:///file.db or postgresql://...")
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first line of a (database) error's message, or its type's name when the message is empty."""
     orig = getattr(err, "orig", None) or err
     return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
 
@@ -106,7 +107,7 @@ class Database:
                 conn.execute(text("SELECT 1"))
         except exc.DBAPIError as err:
             engine.dispose()
-            raise DatabaseUnavailableError(f"cannot open database {shown}: {_first_line(err)}") from None
+            raise DatabaseUnavailableError(f"cannot open database {shown}: {first_line(err)}") from None
         try:
             if create:
                 db.create_schema(analysis or AnalysisConfig())
@@ -114,7 +115,7 @@ class Database:
                 db.check_schema()
         except exc.DBAPIError as err:
             engine.dispose()
-            raise DatabaseUnavailableError(f"database {shown}: {_first_line(err)}") from None
+            raise DatabaseUnavailableError(f"database {shown}: {first_line(err)}") from None
         return db
 
     def close(self) -> None:
@@ -130,7 +131,7 @@ class Database:
                         conn.execute(text("CREATE EXTENSION IF NOT EXISTS postgis"))
                 except exc.DBAPIError as err:
                     raise UserError(f"PostGIS is not available in database {self.display_url} "
-                                    f"({_first_line(err)}): install postgresql-15-postgis-3 (or your version's) "
+                                    f"({first_line(err)}): install postgresql-15-postgis-3 (or your version's) "
                                     "and, as a superuser, run CREATE EXTENSION postgis") from None
             existing = conn.execute(select(self.t.meta.c.value).where(self.t.meta.c.key == "schema_version")
                                     ).scalar_one_or_none() if self._has_table(conn, "office_meta") else None

@@ -24,9 +24,9 @@ STAGE_OBSERVATIONS = "office_stage_observations"
 
 
 def copy_detections(conn: Connection, t: Tables, messages: list[dict[str, Any]],
-                    observations: list[dict[str, Any]]) -> tuple[dict[str, int], int]:
+                    observations: list[dict[str, Any]]) -> dict[str, int]:
     """Insert the messages not yet stored and their observations (each observation dict carries the
-    ``msg_id`` of its message). Returns ({msg_id: id} of the new messages, observations inserted).
+    ``msg_id`` of its message). Returns {msg_id: id} of the new messages.
     psycopg's errors come out as SQLAlchemy's, like those of every other statement."""
     import psycopg
 
@@ -37,7 +37,7 @@ def copy_detections(conn: Connection, t: Tables, messages: list[dict[str, Any]],
 
 
 def _copy_detections(conn: Connection, t: Tables, messages: list[dict[str, Any]],
-                     observations: list[dict[str, Any]]) -> tuple[dict[str, int], int]:
+                     observations: list[dict[str, Any]]) -> dict[str, int]:
     m_cols = list(messages[0])
     o_cols = [c for c in observations[0] if c != "msg_id"] if observations else []
     raw = conn.connection.driver_connection
@@ -59,13 +59,13 @@ def _copy_detections(conn: Connection, t: Tables, messages: list[dict[str, Any]]
                     copy.write_row([row[c] for c in cols])
             obs_sql = (f"INSERT INTO {t.crack_observations.name} (message_id, {', '.join(o_cols)}) "
                        f"SELECT new.id, {', '.join('o.' + c for c in o_cols)} FROM {STAGE_OBSERVATIONS} o "
-                       f"JOIN new ON new.msg_id = o.msg_id RETURNING 1")
+                       f"JOIN new ON new.msg_id = o.msg_id")
+        # a data-modifying WITH runs exactly once, to completion, whether or not the query reads it
         cur.execute(
             f"WITH new AS (INSERT INTO {t.detection_messages.name} ({', '.join(m_cols)}) "
             f"SELECT {', '.join(m_cols)} FROM {STAGE_MESSAGES} ORDER BY msg_id "
             f"ON CONFLICT (msg_id) DO NOTHING RETURNING id, msg_id), "
             f"obs AS ({obs_sql}) "
-            f"SELECT new.msg_id, new.id, (SELECT count(*) FROM obs) FROM new")
+            f"SELECT new.msg_id, new.id FROM new")
         rows = cur.fetchall()
-    new = {str(mid): int(rid) for mid, rid, _ in rows}
-    return new, int(rows[0][2]) if rows else 0
+    return {str(mid): int(rid) for mid, rid in rows}

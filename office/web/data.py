@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Select, case, func, select, text
+from sqlalchemy import Select, case, func, select
 
 from office import query
 from office.lines import parse_line
@@ -167,8 +167,7 @@ def fleet(db: Database, *, stale_after_s: float, now: datetime | None = None) ->
             select(m.device_id, func.count().label("n"), func.max(m.ts).label("last_capture"),
                    func.max(m.received_at).label("last_received")).group_by(m.device_id)
             .order_by(m.device_id).limit(MAX_DEVICES))}
-        gaps = {r.device_id: int(r.missing) for r in conn.execute(
-            text("SELECT device_id, SUM(missing) AS missing FROM seq_gaps GROUP BY device_id"))}
+        gaps = query.missing_by_device(conn)
     vehicles = []
     for dev in sorted(set(devices) | set(counts))[:MAX_DEVICES]:
         row, cnt = devices.get(dev), counts.get(dev)
@@ -210,8 +209,7 @@ def extent(db: Database) -> list[float] | None:
 
 def summary(db: Database) -> dict[str, Any]:
     """``crackseg-office stats`` without the per-device table (the fleet view has it), plus the extent."""
-    s = query.stats(db)
-    s.pop("per_device", None)
+    s = query.stats(db, per_device=False)
     s["extent"] = extent(db)
     s["generated_at"] = query.iso(datetime.now(timezone.utc))
     return s

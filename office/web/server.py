@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import event, exc
 
 from office import __version__
-from office.store.database import Database
+from office.store.database import Database, first_line
 from office.web.api import Api, Response, Settings, error
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 resp = self._static(path)
         except exc.DBAPIError as err:
-            log.warning("database error answering %s: %s", path, str(err.orig).splitlines()[0] if err.orig else err)
+            log.warning("database error answering %s: %s", path, first_line(err))
             resp = error(503, "database unavailable; try again")
         except Exception:  # noqa: BLE001 - one bad request must not take the server down
             log.exception("error answering %s", path)
