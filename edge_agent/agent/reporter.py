@@ -91,6 +91,7 @@ class Reporter:
                                  frame_shape=item.mask.shape)
         if tracked or reporting.every_frame:
             listed = tracked[:reporting.max_cracks_per_message]
+            new_count = sum(1 for t in tracked if t.is_new)
             payload = {
                 "frame": {"index": frame.index, "width": frame.width, "height": frame.height,
                           "source": frame.source, "position_s": frame.position_s},
@@ -99,7 +100,7 @@ class Reporter:
                 "inference_ms": round(item.inference_ms, 2),
                 "position": fix.to_dict(),
                 "crack_count": len(tracked),
-                "new_crack_count": sum(1 for t in tracked if t.is_new),
+                "new_crack_count": new_count,
                 "crack_pixel_fraction": round(float(item.mask.mean()), 6),
                 "cracks": [{"track_id": t.track_id, "first_sighting": t.is_new, **t.crack.to_dict()}
                            for t in listed],
@@ -108,7 +109,7 @@ class Reporter:
             self.comms.publish_detection(payload, ts=ts)
             self.stats.add("detection_messages")
             self.stats.add("cracks_reported", len(tracked))
-            self.stats.add("new_cracks", sum(1 for t in tracked if t.is_new))
+            self.stats.add("new_cracks", new_count)
         self._maybe_snapshot(item, tracked, reporting, ts, measurement)
 
     def _maybe_snapshot(self, item: Segmented, tracked: list[TrackedCrack], reporting: ReportingConfig, ts: float,
@@ -126,8 +127,11 @@ class Reporter:
         self._last_snapshot_mono = now
         labels = []
         for t in tracked:
-            crack = t.crack.to_dict()
-            labels.append((crack_label(t.track_id, crack), tuple(crack["bbox_px"]), crack["severity"]))
+            c = t.crack  # only what the label shows (to_dict() would also build the polyline)
+            severity = c.severity.value
+            label = crack_label(t.track_id, {"type": c.crack_type.value, "width_mean_mm": round(c.width_mean_mm, 1),
+                                             "severity": severity})
+            labels.append((label, tuple(int(v) for v in c.bbox_px), severity))
         jpeg = encode_snapshot(item.frame.image, item.mask, cfg.max_width, cfg.jpeg_quality, labels,
                                (measurement.gsd_x + measurement.gsd_y) / 2)
         if self.comms.publish_snapshot(jpeg, ts, frame_index=item.frame.index,

@@ -21,19 +21,28 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from edge_agent.detectors.backends.base import InferenceBackend
 from edge_agent.detectors.errors import BackendUnavailableError
 from edge_agent.detectors.preprocess import InputAdapter
-from edge_agent.util.files import sha256_file
 
 log = logging.getLogger(__name__)
 
 TIMED_RUNS = 3
 CACHE_NAME = "backend-choice.json"
 Opener = Callable[[], InferenceBackend]
+
+
+class Candidate(NamedTuple):
+    """One runtime's artifact file for a size: its path, its sha256 (from the bundle's manifest,
+    which the loader already checked the file against) and how to open it."""
+
+    path: Path
+    sha256: str
+    opener: Opener
 
 
 def default_cache_dir() -> Path:
@@ -69,10 +78,11 @@ def _versions() -> str:
     return ",".join(out)
 
 
-def choice_key(files: dict[str, Path], threads: int | None) -> str:
+def choice_key(file_sha256: dict[str, str], threads: int | None) -> str:
+    """Cache key from each candidate's file sha256 (hex), this machine and the runtime versions."""
     digest = hashlib.sha256()
-    for name in sorted(files):
-        digest.update(f"{name}:{sha256_file(files[name])}\n".encode())
+    for name in sorted(file_sha256):
+        digest.update(f"{name}:{file_sha256[name]}\n".encode())
     digest.update(f"{_machine()}|{_versions()}|threads={threads}".encode())
     return digest.hexdigest()[:32]
 
@@ -95,7 +105,7 @@ def time_backend(backend: InferenceBackend, runs: int = TIMED_RUNS) -> float:
 class BackendChoice:
     """Opens the faster of several candidate runtimes for one artifact size, remembering the verdict."""
 
-    def __init__(self, candidates: dict[str, tuple[Path, Opener]], threads: int | None,
+    def __init__(self, candidates: dict[str, Candidate], threads: int | None,
                  cache_dir: Path | None = None):
         self.candidates = candidates
         self.threads = threads
@@ -130,13 +140,13 @@ class BackendChoice:
     def open(self) -> tuple[str, Path, InferenceBackend]:
         """(backend name, artifact file, open backend) of the faster runtime here."""
         if len(self.candidates) == 1:
-            name, (path, opener) = next(iter(self.candidates.items()))
+            name, (path, _, opener) = next(iter(self.candidates.items()))
             self.chosen = name
             return name, path, opener()
-        key = choice_key({n: p for n, (p, _) in self.candidates.items()}, self.threads)
+        key = choice_key({n: c.sha256 for n, c in self.candidates.items()}, self.threads)
         cached = self._read_cache(key)
         if cached is not None:
-            path, opener = self.candidates[cached]
+            path, _, opener = self.candidates[cached]
             try:
                 self.chosen = cached
                 return cached, path, opener()
@@ -144,7 +154,7 @@ class BackendChoice:
                 pass  # the runtime was uninstalled since: measure again
         # One runtime open at a time: a 720p session holds 200-400 MB, and two at once would set
         # the process's memory high-water mark for the rest of its life.
-        for name, (_, opener) in self.candidates.items():
+        for name, (_, _, opener) in self.candidates.items():
             try:
                 self.timings[name] = round(time_backend(opener()), 2)
             except BackendUnavailableError as exc:
@@ -156,7 +166,7 @@ class BackendChoice:
         self.chosen = min(self.timings, key=lambda n: self.timings[n])
         log.info("backend auto: %s (median ms here: %s)", self.chosen, self.timings)
         self._write_cache(key)
-        path, opener = self.candidates[self.chosen]
+        path, _, opener = self.candidates[self.chosen]
         return self.chosen, path, opener()
 
 

@@ -73,6 +73,15 @@ def blend_weights(tiles: list[Tile], frame_h: int, frame_w: int, overlap: int) -
     return [np.ascontiguousarray(w * inv[t.y:t.y + t.h, t.x:t.x + t.w]) for t, w in zip(tiles, raw)]
 
 
+def output_map(raw: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A model output (1x1xHxW, 1xHxWx1 or HxW) as its 2-D map cropped to ``height`` x ``width`` (a view)."""
+    out = np.asarray(raw)
+    # the output's own layout (a uint8 NHWC graph may still end in an NCHW map): a trailing
+    # axis of 1 is the channel of an NHWC map; padded inputs are never 1 px wide
+    hw = out.shape[-3:-1] if out.ndim >= 3 and out.shape[-1] == 1 else out.shape[-2:]
+    return out.reshape(hw)[:height, :width]
+
+
 def pad_to(patch: np.ndarray, height: int, width: int) -> np.ndarray:
     """``patch`` reflect-padded at the bottom/right up to ``height`` x ``width`` (one copy)."""
     h, w = patch.shape[:2]
@@ -137,43 +146,8 @@ class InputAdapter:
 
     def probabilities(self, raw: np.ndarray, height: int, width: int) -> np.ndarray:
         """Model output (1x1xHxW, 1xHxWx1 or HxW) -> float32 probabilities, cropped to ``height`` x ``width``."""
-        out = np.asarray(raw)
-        # the output's own layout (a uint8 NHWC graph may still end in an NCHW map): a trailing
-        # axis of 1 is the channel of an NHWC map; padded inputs are never 1 px wide
-        hw = out.shape[-3:-1] if out.ndim >= 3 and out.shape[-1] == 1 else out.shape[-2:]
-        out = out.reshape(hw)[:height, :width]
+        out = output_map(raw, height, width)
         if self.contract.output == "logits":
             clipped = np.clip(out, -30.0, 30.0).astype(np.float32, copy=False)
             return 1.0 / (1.0 + np.exp(-clipped))
         return out.astype(np.float32, copy=False)
-
-
-class Preprocessor(InputAdapter):
-    """The runtime's own preprocessing of one artifact, for tools that need the exact model input
-    of a frame (calibration data readers): the artifact's strategy, padding and tiles."""
-
-    def __init__(self, contract: InferenceContract, tile_overlap: int = 32):
-        super().__init__(contract)
-        self.tile_overlap = tile_overlap
-
-    @property
-    def strategy(self) -> str:
-        return "tile" if self.contract.input_size else "pad"
-
-    def pad_frame(self, frame: np.ndarray) -> np.ndarray:
-        s = self.contract.stride
-        h, w = frame.shape[:2]
-        return pad_to(frame, h + (-h) % s, w + (-w) % s)
-
-    def tiles(self, frame: np.ndarray) -> list[Tile]:
-        th, tw = self._size()
-        return plan_tiles(frame.shape[0], frame.shape[1], th, tw, self.tile_overlap)
-
-    def tile_patch(self, frame: np.ndarray, tile: Tile) -> np.ndarray:
-        th, tw = self._size()
-        return pad_to(frame[tile.y:tile.y + tile.h, tile.x:tile.x + tile.w], th, tw)
-
-    def _size(self) -> tuple[int, int]:
-        if self.contract.input_size is None:
-            raise ValueError("a dynamic-size artifact is padded, not tiled")
-        return self.contract.input_size

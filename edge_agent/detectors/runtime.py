@@ -24,10 +24,10 @@ import numpy as np
 from edge_agent.bundle.manifest import ArtifactEntry
 from edge_agent.contract import InferenceContract
 from edge_agent.detectors.backends.base import InferenceBackend
-from edge_agent.detectors.choice import BackendChoice
+from edge_agent.detectors.choice import BackendChoice, Candidate
 from edge_agent.detectors.errors import BackendUnavailableError, ModelError
 from edge_agent.detectors.plan import FramePlan, choose_plan, gsd_scale
-from edge_agent.detectors.preprocess import InputAdapter, pad_to
+from edge_agent.detectors.preprocess import InputAdapter, output_map, pad_to
 from edge_agent.detectors.quantized import probability_and_mask
 from edge_agent.errors import UserError
 
@@ -101,7 +101,7 @@ class Artifact:
                 if self._backend is None:
                     if self.choice is not None:
                         _, self.path, be = self.choice.open()
-                        self._open = self.choice.candidates[self.choice.chosen or ""][1]
+                        self._open = self.choice.candidates[self.choice.chosen or ""].opener
                         self.choice = None
                     else:
                         be = self._open()
@@ -230,8 +230,11 @@ class Segmenter:
     def probabilities(self, frame: np.ndarray) -> np.ndarray:
         """float32 HxW crack probabilities for a BGR (or grey/BGRA) uint8 frame."""
         frame = as_bgr_frame(frame)
+        return self._probabilities(frame, self.plan_for(*frame.shape[:2]))
+
+    def _probabilities(self, frame: np.ndarray, plan: FramePlan) -> np.ndarray:
+        """``probabilities()`` of a frame already checked by ``as_bgr_frame``, with its plan."""
         h, w = frame.shape[:2]
-        plan = self.plan_for(h, w)
         t0 = time.perf_counter()
         wh, ww = plan.work_size
         work = frame
@@ -248,7 +251,8 @@ class Segmenter:
             for t, weight in zip(plan.tiles, plan.weights):
                 patch = pad_to(work[t.y:t.y + t.h, t.x:t.x + t.w], ih, iw)
                 tile_prob = adapter.probabilities(backend.run(adapter.prepare(patch)), t.h, t.w)
-                prob[t.y:t.y + t.h, t.x:t.x + t.w] += tile_prob * weight
+                # a fresh float32 array of this tile (see InputAdapter.probabilities): weighted in place
+                prob[t.y:t.y + t.h, t.x:t.x + t.w] += np.multiply(tile_prob, weight, out=tile_prob)
         else:
             prob = adapter.probabilities(backend.run(adapter.prepare(pad_to(work, ih, iw))), wh, ww)
         if plan.resampled:
@@ -273,23 +277,21 @@ class Segmenter:
         h, w = frame.shape[:2]
         plan = self.plan_for(h, w)
         art = self.artifacts[plan.artifact]
-        if plan.strategy != "full" or plan.resampled or self.contract.output != "probabilities":
-            prob = self.probabilities(frame)
-            return prob, prob >= threshold
-        backend, adapter = art.backend, art.adapter
+        # only a whole frame on an artifact that outputs probabilities opens its backend here
+        whole = plan.strategy == "full" and not plan.resampled and self.contract.output == "probabilities"
+        backend = art.backend if whole else None
         run_quantized = getattr(backend, "run_quantized", None)
         quantization = getattr(backend, "output_quantization", None)
         if run_quantized is None or quantization is None:
-            prob = self.probabilities(frame)
+            prob = self._probabilities(frame, plan)
             return prob, prob >= threshold
         t0 = time.perf_counter()
         if self.info.path != str(art.path):
-            self._describe(art, backend)
+            self._describe(art, art.backend)
         ih, iw = plan.input_size
-        raw = np.asarray(run_quantized(adapter.prepare(pad_to(frame, ih, iw))))
-        hw = raw.shape[-3:-1] if raw.ndim >= 3 and raw.shape[-1] == 1 else raw.shape[-2:]
         scale, zero_point = quantization
-        prob, mask = probability_and_mask(raw.reshape(hw)[:h, :w], scale, zero_point, threshold)
+        raw = output_map(run_quantized(art.adapter.prepare(pad_to(frame, ih, iw))), h, w)
+        prob, mask = probability_and_mask(raw, scale, zero_point, threshold)
         self.last_inference_ms = (time.perf_counter() - t0) * 1000.0
         self.last_plan = plan
         return prob, mask
@@ -398,8 +400,10 @@ def _open_bundle(path: Path, backend: str | None, threads: int | None, providers
     artifacts = []
     # largest first: the first artifact's contract is the one reported, and the large one is
     # what a camera frame usually runs on
-    for size in sorted(by_size, key=lambda hw: -hw[0] * hw[1]):
-        candidates: dict[str, tuple[Path, Callable[[], InferenceBackend]]] = {}
+    sizes = sorted(by_size, key=lambda hw: -hw[0] * hw[1])
+    for size in sizes:
+        candidates: dict[str, Candidate] = {}
+        contracts: dict[str, InferenceContract] = {}
         for kind, entry in by_size[size].items():
             file, contract = bundle.root / entry.file, bundle.contract_for(entry)
             if dynamic:
@@ -409,17 +413,16 @@ def _open_bundle(path: Path, backend: str | None, threads: int | None, providers
                        ) -> InferenceBackend:
                 return open_backend(file, kind, contract, threads, providers)
 
-            candidates[kind] = (file, opener)
+            # the loader checked the file against the manifest's sha256: the choice cache keys on it
+            candidates[kind] = Candidate(file, entry.sha256, opener)
+            contracts[kind] = contract
         first_kind = next(iter(candidates))
         choice = BackendChoice(candidates, threads, choice_cache) if len(candidates) > 1 else None
-        entry = by_size[size][first_kind]
-        contract = bundle.contract_for(entry)
-        if dynamic:
-            contract = contract.model_copy(update={"input_size": None})
-        artifacts.append(Artifact(candidates[first_kind][0], None if dynamic else size, candidates[first_kind][1],
-                                  choice=choice, contract=contract))
+        first = candidates[first_kind]
+        artifacts.append(Artifact(first.path, None if dynamic else size, first.opener, choice=choice,
+                                  contract=contracts[first_kind]))
     require_runtime(kinds)  # fail now, not at the first frame, when no runtime is installed
-    first_entry = by_size[max(by_size, key=lambda hw: hw[0] * hw[1])]
+    first_entry = by_size[sizes[0]]
     kind0 = next(iter(first_entry))
     info = ModelInfo(name=bundle.name, version=bundle.version, backend=kind0 if len(kinds) == 1 else "auto",
                      precision=first_entry[kind0].precision, path=str(artifacts[0].path),

@@ -51,7 +51,7 @@ def count_holes(holes: list[np.ndarray], min_area_px: float) -> int:
     return sum(1 for c in holes if cv2.contourArea(c) >= min_area_px)
 
 
-def count_branch_points(skel: Skeleton, degree: np.ndarray | None = None) -> int:
+def count_branch_points(skel: Skeleton) -> int:
     """Junctions of the skeleton: clusters of touching pixels with three or more neighbours.
 
     Where branches meet, a thin skeleton often has two or three adjacent pixels of degree 3;
@@ -59,9 +59,7 @@ def count_branch_points(skel: Skeleton, degree: np.ndarray | None = None) -> int
     found by spreading the smallest index over the neighbour table until nothing changes (a
     cluster is a few pixels across, so a few vectorised passes).
     """
-    if degree is None:
-        degree = skel.degree()
-    junctions = np.flatnonzero(degree >= 3)
+    junctions = np.flatnonzero(skel.degree() >= 3)
     if junctions.size <= 1:
         return int(junctions.size)
     rank = np.full(skel.size + 1, junctions.size, dtype=np.int64)  # last slot: what "no neighbour" reads

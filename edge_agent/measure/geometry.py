@@ -74,6 +74,7 @@ class Skeleton:
     idx: np.ndarray
     offset: tuple[int, int] = (0, 0)
     _neighbours: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+    _degree: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
     _coords: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -104,8 +105,11 @@ class Skeleton:
         return self._neighbours
 
     def degree(self) -> np.ndarray:
-        """Number of 8-neighbours of every skeleton pixel (1 = end, >= 3 = branch)."""
-        return (self.neighbours() >= 0).sum(axis=1)
+        """Number of 8-neighbours of every skeleton pixel (1 = end, >= 3 = branch; computed once, read-only)."""
+        if self._degree is None:
+            self._degree = (self.neighbours() >= 0).sum(axis=1)
+            self._degree.flags.writeable = False
+        return self._degree
 
     def coords(self) -> np.ndarray:
         """(N, 2) int array of (x, y) in crop coordinates (computed once; read-only)."""
@@ -187,7 +191,7 @@ def prune_spurs(skel: Skeleton, max_len: int, connected: bool = False) -> Skelet
         return skel
     n = skel.size
     table = skel.neighbours()
-    degree = (table >= 0).sum(axis=1)
+    degree = skel.degree()
     ends = np.flatnonzero(degree <= 1).tolist()
     if not ends or (connected and len(ends) == 2 and int(degree.max()) <= 2):
         return skel
@@ -324,7 +328,7 @@ def longest_path(skel: Skeleton, contours: list[np.ndarray] | None = None) -> np
         return np.zeros((0, 2), dtype=np.int64)
     table = skel.neighbours()
     valid = table >= 0
-    degree = valid.sum(axis=1)
+    degree = skel.degree()
     ends = np.flatnonzero(degree == 1)
     if ends.size == 2 and int(degree.max()) <= 2:
         chain = _chain_from_contour(skel, int(ends[0]), int(ends[1]), contours)

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
-from edge_agent.imageio import DEFAULT_MAX_PIXELS, ImageReadError, list_images, read_image
+from edge_agent.imageio import DEFAULT_MAX_PIXELS, ImageReadError, check_pixels, list_images, read_image
 from edge_agent.util.urls import redact_url
 from edge_agent.video.errors import (
     EndOfSource,
@@ -302,9 +302,10 @@ class VideoFileSource(FrameSource):
                 raise SourceSpecError(f"{self.path}: not a video OpenCV can read (corrupt, or a codec this "
                                       f"OpenCV build lacks; try re-encoding to H.264 .mp4 or MJPG .avi)")
             w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
-            if w * h > self.max_pixels:
-                raise SourceSpecError(f"{self.path}: frames of {w}x{h} are more than {self.max_pixels / 1e6:.0f} "
-                                      "Mpx (camera.max_pixels); resize the video or raise the limit")
+            try:
+                check_pixels(w, h, self.max_pixels, f"{self.path}: frames")
+            except ImageReadError as exc:
+                raise SourceSpecError(str(exc)) from None
         finally:
             cap.release()
 
