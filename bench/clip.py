@@ -206,11 +206,12 @@ def read_frames(path: Path, n: int) -> list[np.ndarray]:
     return frames
 
 
-def detection_check(seg, clip: Clip) -> dict:
-    """Does the model find the clip's cracks? F1@2px and crack fractions on the first decoded frames."""
+def detection_check(seg, clip: Clip, frames: list[np.ndarray]) -> dict:
+    """Does the model find the clip's cracks? F1@2px and crack fractions on the first decoded frames
+    (``frames``: the clip's first frames as ``read_frames`` decodes them, at least ``len(clip.masks)``)."""
     from edge_agent.evaluation.metrics import ScoreAccumulator
 
-    frames = read_frames(clip.path, len(clip.masks))
+    frames = frames[:len(clip.masks)]
     acc = ScoreAccumulator(2.0)
     pred_fraction = []
     for frame, gt in zip(frames, clip.masks, strict=False):

@@ -28,8 +28,6 @@ import numpy as np
 
 from bench import BenchError, log
 
-PRIMARY_SIZE = (320, 480)
-
 
 def metric_f1(metrics: dict) -> float | None:
     value = (metrics or {}).get("f1")
@@ -96,7 +94,8 @@ def build_variants(source, size: tuple[int, int], workdir: Path, calib: Callable
     """torch-fp32, then each (backend, precision) of ``kinds`` from the bundle or exported, then pruned INT8."""
     base = torch_variant(source, size)
     variants = [base]
-    exporter = Exporter(source, "", size, workdir, calib, calib_count, macs=base.macs)
+    calibration = SizeCalibration(calib, calib_count)
+    exporter = Exporter(source, "", size, workdir, calibration, macs=base.macs)
     for backend, precision in kinds:
         art = bundle.fitting(backend, precision, size) if bundle is not None else None
         if art is not None:
@@ -112,27 +111,41 @@ def build_variants(source, size: tuple[int, int], workdir: Path, calib: Callable
             continue
         from reference_model.network import count_macs
 
-        ex = Exporter(p, f"pruned{round(p.prune_ratio * 100):d}-", size, workdir, calib, calib_count,
+        ex = Exporter(p, f"pruned{round(p.prune_ratio * 100):d}-", size, workdir, calibration,
                       macs=count_macs(p.module, *size))
         variants += [ex.variant(b, "int8") for b in backends if b == "onnx" or pruned_tflite]
     return variants
 
 
+class SizeCalibration:
+    """The calibration reader of one size, built on first use and shared by every INT8 export at that
+    size (ONNX and TFLite, pruned or not), so its photographs are decoded and mosaicked once."""
+
+    def __init__(self, calib: Callable[[], Path], count: int):
+        self.calib, self.count = calib, count
+        self._reader: Any = None
+
+    def reader(self, contract):  # noqa: ANN001
+        if self._reader is None:
+            from converters.calibration import ImageFolderCalibrationReader
+
+            self._reader = ImageFolderCalibrationReader(self.calib(), contract, count=self.count, split="all")
+        return self._reader.adapted(contract)
+
+
 class Exporter:
     """Exports one source model at one size, each file once (INT8 is quantized from the fp32 file)."""
 
-    def __init__(self, source, prefix: str, size: tuple[int, int], workdir: Path, calib: Callable[[], Path],
-                 calib_count: int, macs: int | None):
-        self.source, self.prefix, self.size, self.calib, self.calib_count = source, prefix, size, calib, calib_count
+    def __init__(self, source, prefix: str, size: tuple[int, int], workdir: Path, calibration: SizeCalibration,
+                 macs: int | None):
+        self.source, self.prefix, self.size, self.calibration = source, prefix, size, calibration
         self.out_dir = workdir / f"{size[0]}x{size[1]}"
         self.contract = source.contract.model_copy(update={"input_size": size})
         self.macs = macs
         self._files: dict[tuple[str, str], Path] = {}
 
     def _reader(self):
-        from converters.quantize_onnx import ImageFolderCalibrationReader
-
-        return ImageFolderCalibrationReader(self.calib(), self.contract, count=self.calib_count, split="all")
+        return self.calibration.reader(self.contract)
 
     def file(self, backend: str, precision: str) -> Path:
         key = (backend, precision)

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import math
-
 from bench.goals import SURVEY_OVERLAP, footprint, size_tag
-
-
-def _finite(x: object) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def enrich_rows(variants, latency: dict, peak, threads: int) -> list[dict]:  # noqa: ANN001

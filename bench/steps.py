@@ -245,7 +245,7 @@ def step_detection(b: Bench, sr: SizeRun) -> None:
 
     v = next((v for v in sr.variants if v.precision == "int8" and v.origin in ("bundle", "export")), sr.variants[0])
     sr.block["detection"] = {"variant": v.name, "origin": v.origin,
-                             **detection_check(open_variant(v, b.args.threads), sr.clip)}
+                             **detection_check(open_variant(v, b.args.threads), sr.clip, sr.frames)}
     d = sr.block["detection"]
     log(f"{size_tag(sr.size)}: {v.name} finds the clip's cracks with F1@2px {d['f1_2px']:.3f}")
 

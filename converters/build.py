@@ -22,7 +22,8 @@ from typing import Any
 
 from converters.errors import ConvertError, ValidationFailed
 from converters.outdir import check_out_dir, default_sizes, publish, rejected_report_stem
-from converters.selftest import make_selftest, selftest_tolerance  # noqa: F401  (API of this module)
+from converters.selftest import make_selftest
+from converters.validate import variant_label
 from edge_agent.contract import InferenceContract
 
 FP32_CHOICES = ("all", "smallest", "none")
@@ -91,6 +92,7 @@ class BuildState:
     report: dict | None = None
     selftest: dict | None = None
     manifest: Any = None
+    readers: dict[tuple[int, int], Any] = field(default_factory=dict)  # built-in calibration reader per size
 
     @property
     def frame_input(self) -> bool:
@@ -100,16 +102,19 @@ class BuildState:
         return f"{self.opts.name}-{size[0]}x{size[1]}"
 
     def reader(self, size: tuple[int, int]):
-        """Calibration data at ``size`` (the user's factory, or mosaics of --calib photographs)."""
+        """Calibration data at ``size`` (the user's factory, called each time, or mosaics of --calib
+        photographs: one reader per size, so the ONNX and TFLite steps share its frames)."""
         assert self.contract is not None
         c = self.contract.model_copy(update={"input_size": size,
                                              "input_dtype": "uint8" if self.frame_input else "float32"})
         if self.opts.calib_reader is not None:
             return self.opts.calib_reader(c)
-        from converters.calibration import ImageFolderCalibrationReader
+        if size not in self.readers:
+            from converters.calibration import ImageFolderCalibrationReader
 
-        calib = self.opts.calib if isinstance(self.opts.calib, list) else [Path(self.opts.calib)]
-        return ImageFolderCalibrationReader(calib, c, count=self.opts.calib_count)
+            calib = self.opts.calib if isinstance(self.opts.calib, list) else [Path(self.opts.calib)]
+            self.readers[size] = ImageFolderCalibrationReader(calib, c, count=self.opts.calib_count)
+        return self.readers[size]
 
 
 @dataclass(frozen=True)
@@ -183,7 +188,7 @@ def step_export_onnx(st: BuildState) -> None:
             export_onnx(st.module, out, st.contract, size, frame_input=st.frame_input)
         else:  # an ONNX source, bundled as it is (fixed at one size)
             set_onnx_contract(st.loaded.onnx_path, st.contract.model_copy(update={"input_size": size}), out)
-        st.artifacts[_label("onnx", "fp32", size)] = out
+        st.artifacts[variant_label("onnx", "fp32", size)] = out
 
 
 def step_quantize_onnx(st: BuildState) -> None:
@@ -191,9 +196,9 @@ def step_quantize_onnx(st: BuildState) -> None:
 
     for size in st.sizes:
         out = st.work / f"{st.stem(size)}-int8.onnx"
-        quantize_onnx(st.artifacts[_label("onnx", "fp32", size)], out, st.reader(size),
+        quantize_onnx(st.artifacts[variant_label("onnx", "fp32", size)], out, st.reader(size),
                       activation_type=st.opts.onnx_activation_type, progress=st.opts.progress)
-        st.artifacts[_label("onnx", "int8", size)] = out
+        st.artifacts[variant_label("onnx", "int8", size)] = out
 
 
 def step_export_tflite(st: BuildState) -> None:
@@ -203,7 +208,7 @@ def step_export_tflite(st: BuildState) -> None:
     for size in st.sizes:
         out = st.work / f"{st.stem(size)}-fp32.tflite"
         export_tflite_fp32(st.module, out, st.contract, size, frame_input=st.frame_input)
-        st.artifacts[_label("tflite", "fp32", size)] = out
+        st.artifacts[variant_label("tflite", "fp32", size)] = out
 
 
 def step_quantize_tflite(st: BuildState) -> None:
@@ -211,12 +216,12 @@ def step_quantize_tflite(st: BuildState) -> None:
 
     for size in st.sizes:
         out = st.work / f"{st.stem(size)}-int8.tflite"
-        export_tflite_int8(st.artifacts[_label("tflite", "fp32", size)], out, st.reader(size),
+        export_tflite_int8(st.artifacts[variant_label("tflite", "fp32", size)], out, st.reader(size),
                            progress=st.opts.progress)
         io = tflite_io(out)
         st.log(f"tflite int8 {size[0]}x{size[1]}: input {io['input_dtype']} scale/zero point {io['input_quant']}, "
                f"output {io['output_dtype']} {io['output_quant']}")
-        st.artifacts[_label("tflite", "int8", size)] = out
+        st.artifacts[variant_label("tflite", "int8", size)] = out
 
 
 def step_validate(st: BuildState) -> None:
@@ -225,6 +230,7 @@ def step_validate(st: BuildState) -> None:
 
     o = st.opts
     assert st.contract is not None
+    st.readers.clear()  # calibration is done: free its frames before the validation frames are built
     contract = st.contract.model_copy(update={"input_size": st.sizes[0]})
     st.report = validate_models(o.val, st.artifacts, contract, torch_module=st.module, split=o.split,
                                 threads=o.threads, runs=o.runs, max_f1_drop=o.max_f1_drop, limit=o.limit,
@@ -260,14 +266,14 @@ def step_selftest(st: BuildState) -> None:
     else:
         from edge_agent.detectors.runtime import open_model
 
-        expected = open_model(st.artifacts[_label("onnx", "fp32", small)]).probabilities(image)
+        expected = open_model(st.artifacts[variant_label("onnx", "fp32", small)]).probabilities(image)
         reference = "onnx-fp32"
     st.selftest = make_selftest(st.work, image, expected, shipped, o.threads)
     st.selftest["reference"] = reference
 
 
 def step_manifest(st: BuildState) -> None:
-    from converters.validate import summary_for_manifest
+    from converters.report import summary_for_manifest
     from edge_agent.bundle.manifest import Manifest, Selftest, SourceInfo, ValidationSummary
     from edge_agent.bundle.pack import artifact_entry, pack_archive, write_manifest
     from reference_model.network import count_macs, count_params
@@ -355,10 +361,6 @@ def build(opts: BuildOptions, log: Callable[[str], None] = print) -> Path:
 
 
 # -- helpers -------------------------------------------------------------------------------
-def _label(backend: str, precision: str, size: tuple[int, int]) -> str:
-    return f"{backend}-{precision}@{size[0]}x{size[1]}"
-
-
 def _parse_label(label: str) -> tuple[str, str, tuple[int, int]]:
     kind, _, size = label.partition("@")
     backend, precision = kind.split("-")

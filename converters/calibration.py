@@ -12,7 +12,7 @@ batch holds is what the fp32 graph takes:
 - frame-input graphs (contract ``input_dtype: uint8``): ``[1,H,W,3]`` uint8 BGR frames, as
   the camera delivers them (``iter_batches`` casts them to float32 for TFLite);
 - float-input graphs (``input_dtype: float32``): ``[1,3,H,W]`` float32, normalised by the
-  runtime's ``Preprocessor`` (transposed to NHWC for TFLite).
+  runtime's ``InputAdapter`` (transposed to NHWC for TFLite).
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ class ImageFolderCalibrationReader:
         """The same frames, fed the way a graph with ``contract`` takes them (frames or normalised)."""
         if contract.input_dtype == self.contract.input_dtype and contract.color_order == self.contract.color_order:
             return self
+        self.frames()  # built here, so the twin shares them
         twin = copy.copy(self)
         twin.contract = self.contract.model_copy(update={"input_dtype": contract.input_dtype,
                                                          "color_order": contract.color_order,

@@ -15,9 +15,9 @@ import os
 import sys
 from pathlib import Path
 
+from converters.errors import EXIT_GATE_FAILED
 from edge_agent.errors import EXIT_USER_ERROR, UserError
 
-EXIT_GATE_FAILED = 1
 CONVERT_EXTRA = "pip install 'crackseg-edge[convert]'"
 # top-level modules of the convert extra (a ModuleNotFoundError for one of them is a missing extra, not a bug)
 CONVERT_MODULES = ("torch", "onnx", "onnxscript", "torch_pruning", "litert_torch", "ai_edge_quantizer", "tqdm",

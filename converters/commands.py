@@ -7,9 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from converters.errors import ConvertError
-
-EXIT_GATE_FAILED = 1
+from converters.errors import EXIT_GATE_FAILED, ConvertError
 
 
 def _json_dict(text: str) -> dict:
@@ -141,7 +139,8 @@ def _artifacts_from(models: list[Path]) -> dict[str, Path]:
 
 
 def cmd_validate(args) -> int:
-    from converters.validate import render_markdown, validate_models, write_reports
+    from converters.report import render_markdown, write_reports
+    from converters.validate import validate_models
     from edge_agent.detectors.runtime import open_model
 
     artifacts = _artifacts_from(args.models)

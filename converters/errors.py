@@ -2,6 +2,8 @@
 
 from edge_agent.errors import UserError
 
+EXIT_GATE_FAILED = 1  # crackseg-convert's exit status when an accuracy gate (or a selftest) fails
+
 
 class ConvertError(UserError):
     """A conversion step cannot go on; the message names the problem and what to do."""

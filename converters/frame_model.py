@@ -25,8 +25,6 @@ from typing import Any
 from converters.errors import ConvertError
 from edge_agent.contract import InferenceContract
 
-FRAME_INPUT = "frame"
-PROBABILITIES = "probabilities"
 INPUT_DTYPES = ("uint8", "float32")
 
 

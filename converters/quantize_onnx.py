@@ -9,10 +9,9 @@ ran 2.3x *slower* than fp32; with U8S8 all 27 became QLinearConv (concats QLinea
 
 Frame-input graphs (``converters.frame_model``) get fixed ranges where the values are known:
 pixels 0..255 (scale 1, zero point 0: the uint8 frame *is* the quantized tensor) and
-probabilities 0..1. After quantization two patterns onnxruntime 1.32 leaves in float are
+probabilities 0..1. After quantization one pattern onnxruntime 1.32 leaves in float is
 rewritten (``converters.onnx_graph``): the frame's ``Cast -> QuantizeLinear`` (an identity on
-uint8) is removed, and ``DequantizeLinear -> Resize(linear) -> QuantizeLinear`` with equal
-parameters becomes a uint8 Resize (onnxruntime only drops Q/DQ around *nearest* Resize).
+uint8) is removed.
 
 Calibration data: ``converters.calibration`` (frames at the artifact's size, onnxruntime's
 ``CalibrationDataReader`` protocol; pass your own reader to calibrate on something else).
@@ -24,13 +23,7 @@ import tempfile
 from collections.abc import Sized
 from pathlib import Path
 
-from converters.calibration import (  # noqa: F401  (re-exported: the reader API lived here)
-    CalibrationReader,
-    CountingReader,
-    ImageFolderCalibrationReader,
-    calibration_images,
-    iter_batches,
-)
+from converters.calibration import CalibrationReader, CountingReader, ImageFolderCalibrationReader
 from converters.errors import ConvertError
 
 ACTIVATION_TYPES = ("uint8", "int8")

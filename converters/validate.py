@@ -257,7 +257,7 @@ def validate_models(data, artifacts: dict[str, Path], contract: InferenceContrac
             latency = median_latency_ms(seg, frames[0][0], runs) if runs > 0 else None
             results[label] = _entry(seg, path, score, size, len(frames), latency)
     passed, drops = gate(results, max_f1_drop)
-    cross = native_vs_tiled(segs, native_masks, frames_by_size.get(largest, []), sizes, threshold, runs,
+    cross = native_vs_tiled(segs, results, native_masks, frames_by_size.get(largest, []), sizes, threshold, runs,
                             max_f1_drop, progress)
     passed = passed and all(c["passed"] for c in cross)
     widths = width_check(segs, data, split, limit, threshold, contract.width_threshold, progress)
@@ -311,10 +311,11 @@ def _order(label: str) -> int:
     return VARIANT_ORDER.index(base) if base in VARIANT_ORDER else 99
 
 
-def native_vs_tiled(segs: dict, native_masks: dict, frames: list, sizes: list, threshold: float, runs: int,
-                    max_f1_drop: float, progress: bool = True) -> list[dict]:
+def native_vs_tiled(segs: dict, results: dict[str, dict], native_masks: dict, frames: list, sizes: list,
+                    threshold: float, runs: int, max_f1_drop: float, progress: bool = True) -> list[dict]:
     """Largest-size INT8 artifacts on their native frames vs the smallest artifact of the same format
-    over the same frames as runtime tiles: F1 of each against the labels and between the masks."""
+    over the same frames as runtime tiles: F1 of each against the labels (the native one as scored in
+    ``results``) and between the masks."""
     from edge_agent.evaluation.metrics import ScoreAccumulator
 
     if len(sizes) < 2 or not frames:
@@ -332,7 +333,7 @@ def native_vs_tiled(segs: dict, native_masks: dict, frames: list, sizes: list, t
         for native, tiled in zip(masks, tiled_masks):
             between.add(tiled, native)
         b = between.result()
-        native_f1 = _native_f1(segs, label, masks, frames)
+        native_f1 = results[label]["f1"]
         latency = median_latency_ms(tiled_seg, frames[0][0], runs) if runs > 0 else None
         out.append({"backend": backend, "precision": "int8", "native": size_tag(large), "tiled": size_tag(small),
                     "frames": len(frames), "f1_native": native_f1, "f1_tiled": score_tiled.f1,
@@ -344,30 +345,3 @@ def native_vs_tiled(segs: dict, native_masks: dict, frames: list, sizes: list, t
                     "native_minus_tiled": round(native_f1 - score_tiled.f1, 6),
                     "passed": native_f1 >= score_tiled.f1 - max_f1_drop})
     return out
-
-
-def _native_f1(segs, label, masks, frames) -> float:
-    from edge_agent.evaluation.metrics import ScoreAccumulator
-
-    acc = ScoreAccumulator(2.0)
-    for pred, (_, gt) in zip(masks, frames):
-        acc.add(pred, gt)
-    return acc.result().f1
-
-
-def summary_for_manifest(report: dict) -> dict:
-    from converters.report import summary_for_manifest as summary
-
-    return summary(report)
-
-
-def render_markdown(report: dict) -> str:
-    from converters.report import render_markdown as render
-
-    return render(report)
-
-
-def write_reports(report: dict, out_dir: str | Path, stem: str = "report") -> tuple[Path, Path]:
-    from converters.report import write_reports as write
-
-    return write(report, out_dir, stem)

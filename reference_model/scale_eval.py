@@ -49,7 +49,7 @@ import torch
 from edge_agent.contract import InferenceContract
 from edge_agent.evaluation.sweep import ThresholdSweep
 from edge_agent.evaluation.width import WidthHistogram, mask_widths
-from reference_model.dataset import list_pairs, read_mask, read_rgb, select_split
+from reference_model.dataset import list_pairs, read_mask, read_rgb, resize_label, select_split
 
 GRID = np.round(np.arange(0.05, 0.951, 0.01), 3)
 
@@ -73,14 +73,12 @@ def resample_mask(mask: np.ndarray, scale: float) -> np.ndarray:
         return mask
     h, w = mask.shape
     size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    out = cv2.resize(mask.astype(np.float32), size, interpolation=interp) >= 0.5
+    skel = None
     if scale < 1 and mask.any():
         from edge_agent.measure.geometry import skeletonize
 
-        skel = skeletonize(mask).padded[1:-1, 1:-1].astype(np.float32)
-        out |= cv2.resize(skel, size, interpolation=cv2.INTER_AREA) > 0
-    return out.astype(np.uint8)
+        skel = skeletonize(mask).padded[1:-1, 1:-1]
+    return resize_label(mask, size, scale, skel).astype(np.uint8)
 
 
 def resample_pair(image: np.ndarray, mask: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +123,7 @@ def load_checkpoint(path: Path):
     model.load_state_dict(ckpt["model_state_dict"])
     model.eval()
     contract = InferenceContract(**ckpt["config"]["contract"])
-    width_t = ckpt["config"].get("width_threshold")
+    width_t = contract.width_threshold  # set by reference_model.threshold --width-threshold
     return model, contract, (float(width_t) if width_t is not None else None)
 
 
