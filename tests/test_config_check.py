@@ -95,3 +95,12 @@ def test_an_unknown_model_format_is_a_problem(tmp_path: Path, capsys: pytest.Cap
     path = write(tmp_path, MINIMAL + "model:\n  path: crack.pt\n")
     assert check_config_main(path) == 2
     assert f"{path}:5: model.path: {tmp_path / 'crack.pt'}: unknown model format '.pt'" in capsys.readouterr().err
+
+
+def test_the_summary_does_not_print_a_camera_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]):
+    monkeypatch.setattr("edge_agent.config.check.backend_problem", lambda backend: None)
+    path = write(tmp_path, "device_id: van-07\ncamera:\n  source: rtsp://admin:s3cret@10.0.0.5:554/stream\n")
+    assert check_config_main(path) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "s3cret" not in out and "camera rtsp://admin:***@10.0.0.5:554/stream;" in out

@@ -30,6 +30,8 @@ Respond = Callable[[Command, dict[str, Any]], None]
 
 def json_depth_exceeds(text: str, limit: int) -> bool:
     """True when brackets nest deeper than ``limit`` (strings skipped), checked before ``json.loads``."""
+    if text.count("[") + text.count("{") <= limit:  # depth never exceeds the number of opening brackets
+        return False
     depth = 0
     in_string = escaped = False
     for ch in text:

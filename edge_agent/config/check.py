@@ -17,6 +17,7 @@ from typing import Any
 from edge_agent.config.errors import ConfigError, ConfigIssue, printable
 from edge_agent.config.loader import LoadedConfig, load_config_located
 from edge_agent.util.cpus import threads_per_worker
+from edge_agent.util.urls import redact_url
 
 ONNX_INSTALL = ("onnxruntime is not installed here: pip install onnxruntime (onnxruntime-gpu for CUDA, the Jetson "
                 "wheel on a Jetson), or use backend tflite")
@@ -34,7 +35,9 @@ def _summary(cfg: Any) -> str:
     mqtt_text = getattr(mqtt, "url", None) or ":".join(
         str(v) for v in (getattr(mqtt, "host", None), getattr(mqtt, "port", None)) if v is not None) or "configured"
     http = f"http://{cfg.http.host}:{cfg.http.port}" if cfg.http.enabled else "http off"
-    return (f"device {cfg.device_id}; model {model_text} ({runtime}); camera {cfg.camera.source}; mqtt {mqtt_text}; "
+    source = str(cfg.camera.source)
+    camera = redact_url(source) if "://" in source else source  # rtsp://user:password@...; paths as written
+    return (f"device {cfg.device_id}; model {model_text} ({runtime}); camera {camera}; mqtt {mqtt_text}; "
             f"{http}; state {cfg.state_dir}")
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 from edge_agent.config.environment import environment_overrides, flatten_overrides, set_path
 from edge_agent.config.errors import ConfigError, ConfigIssue
 from edge_agent.config.secrets import reject_clear_text_secrets
-from edge_agent.config.values import absolutize, type_args, valid_text
+from edge_agent.config.values import _clip, _matches_discriminator, absolutize, type_args, valid_text
 from edge_agent.config.yaml_lines import KeyPath, format_key_path, parse_config_yaml
 
 if TYPE_CHECKING:
@@ -167,18 +166,9 @@ def _model_at(root: type[BaseModel], path: KeyPath, data: Any) -> type[BaseModel
         models = [a for a in type_args(cls.model_fields[seg].annotation)
                   if isinstance(a, type) and issubclass(a, BaseModel)]
         if len(models) > 1 and isinstance(cur, dict):
-            models = [m for m in models if _literals_match(m, cur)]
+            models = [m for m in models if _matches_discriminator(m, cur)]
         cls = models[0] if len(models) == 1 else None
     return cls
-
-
-def _literals_match(model: type[BaseModel], value: dict[Any, Any]) -> bool:
-    """True when every Literal field of ``model`` present in ``value`` holds one of its literals."""
-    for name, info in model.model_fields.items():
-        if typing.get_origin(info.annotation) is typing.Literal and name in value:
-            if value[name] not in typing.get_args(info.annotation):
-                return False
-    return True
 
 
 def _message(err: Mapping[str, Any], key: KeyPath, root: type[BaseModel], data: Any) -> str:
@@ -204,11 +194,6 @@ def _message(err: Mapping[str, Any], key: KeyPath, root: type[BaseModel], data: 
         if kind == "string_type" and isinstance(value, (int, float, bool)):
             msg += f"; write it in quotes: '{_clip(str(value), 100)}'"
     return msg
-
-
-def _clip(text: str, limit: int) -> str:
-    """Echo at most ``limit`` characters of a value: hostile files hold megabyte strings."""
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _locate(key: KeyPath, lines: Mapping[KeyPath, int], origins: Mapping[KeyPath, str],

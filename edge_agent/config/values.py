@@ -22,6 +22,7 @@ from edge_agent.config.yaml_lines import KeyPath, format_key_path
 
 
 def _clip(text: str, limit: int) -> str:
+    """Echo at most ``limit`` characters of a value: hostile files hold megabyte strings."""
     return text if len(text) <= limit else text[:limit] + "..."
 
 

@@ -74,6 +74,15 @@ class CrackScore:
         return asdict(self)
 
 
+def score_from_counts(c: PairCounts, images: int, tolerance: float) -> CrackScore:
+    """Precision, recall, F1 and IoU from counts summed over ``images`` images."""
+    precision = c.pred_matched / c.pred_pixels if c.pred_pixels else (1.0 if c.gt_pixels == 0 else 0.0)
+    recall = c.gt_recalled / c.gt_pixels if c.gt_pixels else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    iou = c.intersection / c.union if c.union else 1.0
+    return CrackScore(images, precision, recall, f1, iou, tolerance)
+
+
 class ScoreAccumulator:
     """Sums per-image counts; ``result()`` gives data-set-level precision/recall/F1/IoU."""
 
@@ -103,12 +112,7 @@ class ScoreAccumulator:
              counts.intersection, counts.union], dtype=np.int64)
 
     def result(self) -> CrackScore:
-        pred_px, pred_ok, gt_px, gt_ok, inter, union = (int(v) for v in self._totals)
-        precision = pred_ok / pred_px if pred_px else (1.0 if gt_px == 0 else 0.0)
-        recall = gt_ok / gt_px if gt_px else 1.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-        iou = inter / union if union else 1.0
-        score = CrackScore(self.images, precision, recall, f1, iou, self.tolerance)
+        score = score_from_counts(PairCounts(*(int(v) for v in self._totals)), self.images, self.tolerance)
         if self.widths is not None:
             w = self.widths.result()
             score.width_pred_px, score.width_label_px, score.width_error_px = (

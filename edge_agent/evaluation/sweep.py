@@ -23,7 +23,7 @@ import math
 import cv2
 import numpy as np
 
-from edge_agent.evaluation.metrics import CrackScore, PairCounts, _distance_to
+from edge_agent.evaluation.metrics import CrackScore, PairCounts, _distance_to, score_from_counts
 
 
 def disk(radius: float) -> np.ndarray:
@@ -74,15 +74,7 @@ class ThresholdSweep:
         return PairCounts(pred, matched, self._gt_pixels, recalled, inter, pred + self._gt_pixels - inter)
 
     def result(self, i: int) -> CrackScore:
-        c = self.counts(i)
-        precision = c.pred_matched / c.pred_pixels if c.pred_pixels else (1.0 if c.gt_pixels == 0 else 0.0)
-        recall = c.gt_recalled / c.gt_pixels if c.gt_pixels else 1.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-        iou = c.intersection / c.union if c.union else 1.0
-        return CrackScore(self.images, precision, recall, f1, iou, self.tolerance)
+        return score_from_counts(self.counts(i), self.images, self.tolerance)
 
     def results(self) -> list[CrackScore]:
         return [self.result(i) for i in range(len(self.thresholds))]
-
-    def f1(self) -> np.ndarray:
-        return np.array([r.f1 for r in self.results()])

@@ -68,22 +68,12 @@ class WidthHistogram:
     def add(self, mask: np.ndarray) -> None:
         self.add_widths(mask_widths(mask))
 
-    def merge(self, other: WidthHistogram) -> None:
-        self.hist += other.hist
-
     @property
     def samples(self) -> int:
         return int(self.hist.sum())
 
     def median(self) -> float | None:
         return median_of_histogram(self.hist)
-
-    def quantile(self, q: float) -> float | None:
-        total = int(self.hist.sum())
-        if total == 0:
-            return None
-        k = int(np.searchsorted(np.cumsum(self.hist), max(1.0, q * total)))
-        return round((k + 0.5) * BIN_PX, 4)
 
 
 @dataclass

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from edge_agent.util.timestamps import iso_utc
+
 FixQuality = Literal["none", "gps", "dgps", "rtk_fixed", "rtk_float", "estimated", "manual", "simulated"]
 FixMode = Literal["none", "2d", "3d"]
 
@@ -55,8 +57,7 @@ class PositionFix:
             "fix_quality": self.fix_quality,
             "fix_mode": self.fix_mode,
             "satellites": self.satellites,
-            "fix_time": self.fix_time.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-            if self.fix_time else None,
+            "fix_time": iso_utc(self.fix_time) if self.fix_time else None,
             "age_s": r(self.age_s, 2),
             "source": self.source,
         }

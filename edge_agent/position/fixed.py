@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edge_agent.config.position import FixedPositionConfig
-from edge_agent.position.base import FrameTimes, PositionFix, PositionProvider
+from edge_agent.position.base import PositionFix, PositionProvider
 
 
 class FixedPositionProvider(PositionProvider):
@@ -25,7 +25,4 @@ class FixedPositionProvider(PositionProvider):
         return self._fixed
 
     def fix_at(self, monotonic_ts: float) -> PositionFix:
-        return self._fixed
-
-    def fix_for_frame(self, frame: FrameTimes) -> PositionFix:
         return self._fixed

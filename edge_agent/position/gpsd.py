@@ -15,7 +15,7 @@ import logging
 import socket
 import threading
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timezone
 
 from edge_agent.config.position import GpsdPositionConfig
 from edge_agent.position.base import (
@@ -41,9 +41,10 @@ def parse_time(value: object) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
 
 
 def _num(report: dict, *keys: str) -> float | None:

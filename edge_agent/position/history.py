@@ -163,14 +163,7 @@ class FixTimeline:
 
     def _index_after(self, t: float) -> int:
         """The first index whose time is > t."""
-        lo, hi = 0, len(self)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self._time(mid) <= t:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo
+        return bisect.bisect_right(range(len(self)), t, key=self._time)
 
     def at(self, t: float, max_age_s: float, source: str = "none") -> PositionFix:
         """The fix at time ``t`` (no fix when nothing real lies within ``max_age_s``)."""

@@ -42,6 +42,7 @@ from edge_agent.position.base import FrameTimes, PositionError, PositionProvider
 from edge_agent.position.fix import FixMode, FixQuality, PositionFix, no_fix
 from edge_agent.position.history import FixTimeline
 from edge_agent.position.nmea import KNOTS_TO_MPS, NmeaParser, checksum
+from edge_agent.util.timestamps import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ class NmeaFileProvider(PositionProvider):
 
     def _fmt(self, t: float) -> str:
         if self.log.dated:
-            return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            return iso_utc(t)
         return f"{t:.2f} s"
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:

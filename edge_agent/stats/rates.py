@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import deque
@@ -90,9 +91,7 @@ class LatencyHistogram:
         self._lock = threading.Lock()
 
     def add(self, ms: float) -> None:
-        i = 0
-        while i < len(self.bounds_ms) and ms > self.bounds_ms[i]:
-            i += 1
+        i = bisect.bisect_left(self.bounds_ms, ms)  # the first bucket whose bound is >= ms
         with self._lock:
             self._counts[i] += 1
             self._sum_ms += ms

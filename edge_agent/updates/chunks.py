@@ -184,8 +184,9 @@ class ChunkAssembler:
                                 f"{', '.join(t.describe() for t in open_now)}; {self._how_to_end()}")
 
     def _refuse_growth(self, growth: int, transfer_id: str) -> None:
-        used = self.disk_bytes()
-        if growth > 0 and used + growth > self.max_total_bytes:
+        if growth <= 0:
+            return
+        if self.disk_bytes() + growth > self.max_total_bytes:
             waiting = [p.name for p in self.area.root.glob("*") if p.is_file() and not p.name.endswith(".part")]
             raise TransferError(
                 f"transfer '{transfer_id}' refused: {self.area.root} would hold more than {self.max_total_bytes} "

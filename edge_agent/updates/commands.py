@@ -190,6 +190,8 @@ def register_disabled_commands(registry: Any, running_model: Callable[[], Mappin
         raise CommandError(f"{cmd.name} refused: {DISABLED_NOTE}; enable updates in the device config "
                            "(docs/updates.md) or install a model by hand: crackseg-edge model install BUNDLE")
 
+    from edge_agent.updates.signed_commands import UPDATE_COMMANDS
+
     registry.register("model-status", status)
-    for name in ("model-update", "model-chunk", "model-chunk-abort", "model-rollback"):
+    for name in sorted(UPDATE_COMMANDS):
         registry.register(name, refuse)

@@ -241,10 +241,9 @@ def make_command_verifier(config: Any, state_dir: str | Path,
                           environ: Mapping[str, str] | None = None) -> CommandVerifier:
     """The verifier for ``CommandRegistry(verify=...)`` from an ``UpdatesConfig``."""
     keys = load_command_keys(config, environ)
-    signed_updates = keys and getattr(config, "require_signed_update_commands", True)
     return CommandVerifier(keys, config.command_max_age_s, NonceStore(Path(state_dir) / NONCES_NAME),
                            required=bool(config.require_signed_commands),
-                           required_for=UPDATE_COMMANDS if signed_updates else frozenset())
+                           required_for=UPDATE_COMMANDS if config.signed_update_commands_required else frozenset())
 
 
 def command_verifier_for(config: Any, state_dir: str | Path,

@@ -180,12 +180,6 @@ class ModelStore:
                 except BundleError as exc:  # name the file inside the archive, not a folder deleted below
                     unpacked = re.escape(str(work / "unpack")) + r"/[^/]+/"
                     raise StoreError(re.sub(unpacked, f"{source.name}: ", str(exc))) from None
-                except RecursionError:  # a manifest nested thousands deep (json.loads gives up)
-                    raise StoreError(f"{source.name}: the manifest is not a bundle manifest (nested too deeply); "
-                                     "do not install it") from None
-                except (NotImplementedError, RuntimeError) as exc:  # zip: other compression, encryption, version
-                    raise StoreError(f"{source.name}: cannot be unpacked here ({exc}); send the archive written by "
-                                     "'crackseg-convert build --archive'") from None
                 kill_point("unpacked")
                 staging = work / "bundle"
                 names = [MANIFEST_NAME, CHECKSUM_NAME] + [e.file for e in bundle.manifest.files()]
