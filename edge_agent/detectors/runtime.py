@@ -82,7 +82,7 @@ class Artifact:
         self.choice = choice  # backend auto: the faster runtime is picked when first opened
         if contract is None and backend is None:
             raise ModelError(f"{path}: an artifact needs its contract or an open backend")
-        # known before opening (a bundle's manifest): a 720p interpreter costs ~200 MB, so
+        # known before opening (a bundle's manifest): a 720p interpreter costs ~210 MB (bench.tflite_memory), so
         # nothing is opened until a frame size needs it
         self.contract: InferenceContract = contract if contract is not None else backend.contract  # type: ignore[union-attr]
         self._adapter = InputAdapter(backend.contract) if backend is not None else None
@@ -185,7 +185,7 @@ class Segmenter:
     def backend_name(self) -> str:
         """The runtime in use: the first opened artifact's, else the one the model was opened for
         (``auto`` until a frame size has chosen). Never opens a session to answer: a 720x1280
-        interpreter costs ~200 MB, and a 320x480 camera never needs it."""
+        interpreter costs ~210 MB, and a 320x480 camera never needs it."""
         for art in self.artifacts:
             if art.is_open:
                 return art.backend.name

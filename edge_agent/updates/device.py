@@ -78,7 +78,7 @@ def selftest_segmenter(seg: Any, bundle: Bundle) -> dict:
 
     The selftest opens every artifact; they are closed again afterwards (and the freed heap
     handed back), so the model swapped in holds only the session its camera's frames open, not
-    a 720x1280 interpreter (~200 MB) a 320x480 camera never uses.
+    a 720x1280 interpreter (~210 MB) a 320x480 camera never uses.
     """
     try:
         return check_segmenter(seg, bundle).to_dict()
